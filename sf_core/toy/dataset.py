@@ -1,0 +1,30 @@
+"""(prompt, latent clip) pairs for training, rendered on the fly from the seeded scene stream."""
+from __future__ import annotations
+
+import torch
+
+from .render import render, to_latent
+from .world import sample_scenes
+
+
+def sample_batch(batch: int, num_frames: int, seed: int, start: int = 0, height: int = 32,
+                 width: int = 32) -> tuple[list[str], torch.Tensor]:
+    """Scenes ``start .. start + batch - 1`` of ``seed`` -> (prompts, latents [B, F, 12, H/2, W/2])."""
+    scenes = sample_scenes(batch, seed, start)
+    return [s.prompt for s in scenes], to_latent(render(scenes, num_frames, height=height, width=width))
+
+
+class ToyVideoDataset(torch.utils.data.Dataset):
+    """Item i = (prompt, latent clip [F, 12, H/2, W/2]) of scene i of ``seed``; ``size`` items."""
+
+    def __init__(self, num_frames: int, size: int = 100_000, seed: int = 0, height: int = 32, width: int = 32):
+        self.num_frames, self.size, self.seed, self.height, self.width = num_frames, size, seed, height, width
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[str, torch.Tensor]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"ToyVideoDataset: index {index} out of range [0, {self.size})")
+        prompts, latents = sample_batch(1, self.num_frames, self.seed, index, self.height, self.width)
+        return prompts[0], latents[0]

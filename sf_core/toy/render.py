@@ -1,0 +1,142 @@
+"""Exact, vectorised, anti-aliased rendering of toy scenes, and the toy latent space.
+
+Rendering: each shape is a signed distance d (in pixels) to its outline on a torus; pixel coverage is
+``clamp(0.5 - d, 0, 1)`` (a one-pixel anti-aliasing ramp). Objects are composited in prompt order
+(later objects in front) over the background. All shapes of a given size have the same area
+``pi * size^2``. This same function renders the ground truth and the fits in :mod:`sf_core.toy.metrics`.
+
+Latent space — why no VAE: the toy latent is a fixed, exactly invertible linear map of pixels,
+``latent = pixel_unshuffle(2 * rgb - 1, 2)`` (space-to-depth 2x2 -> ``C = 12`` channels at half
+resolution). It needs no training, adds no reconstruction error (so every metric measures the video
+model alone), is differentiable and instant, and keeps Wan's geometry: with the DiT's (1, 2, 2) patch one
+token is a 4x4 pixel patch, a 32x32 frame is a 16x16 latent and 64 tokens. Values lie in [-1, 1].
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .world import BACKGROUND_COLOURS, MOTIONS, OBJECT_COLOURS, SHAPES, Scene
+
+LATENT_FACTOR = 2
+LATENT_CHANNELS = 3 * LATENT_FACTOR ** 2
+
+_SQUARE_HALF = math.sqrt(math.pi) / 2                  # half side, in sizes (area pi * size^2)
+_TRIANGLE_IN = math.sqrt(math.pi / (3 * math.sqrt(3)))  # inradius of the equilateral triangle, in sizes
+
+
+def to_latent(pixels: torch.Tensor) -> torch.Tensor:
+    """[..., 3, H, W] in [0, 1] -> [..., 12, H/2, W/2] in [-1, 1]."""
+    lead, (c, h, w) = pixels.shape[:-3], pixels.shape[-3:]
+    if c != 3 or h % LATENT_FACTOR or w % LATENT_FACTOR:
+        raise ValueError(f"to_latent: expected [..., 3, H, W] with even H, W, got {tuple(pixels.shape)}")
+    x = F.pixel_unshuffle(pixels.reshape(-1, c, h, w) * 2 - 1, LATENT_FACTOR)
+    return x.reshape(*lead, *x.shape[1:])
+
+
+def from_latent(latent: torch.Tensor) -> torch.Tensor:
+    """Exact inverse of :func:`to_latent`: [..., 12, h, w] -> [..., 3, 2h, 2w] (not clamped)."""
+    lead, (c, h, w) = latent.shape[:-3], latent.shape[-3:]
+    if c != LATENT_CHANNELS:
+        raise ValueError(f"from_latent: expected {LATENT_CHANNELS} channels, got {tuple(latent.shape)}")
+    x = F.pixel_shuffle(latent.reshape(-1, c, h, w), LATENT_FACTOR)
+    return ((x + 1) / 2).reshape(*lead, *x.shape[1:])
+
+
+class SceneBatch:
+    """Scenes packed into tensors, objects padded to K = max objects in the batch.
+
+    shape [B, K] (index into SHAPES, -1 = no object), motion [B, K] (index into MOTIONS),
+    colour [B, K, 3], background [B, 2, 3] (top, bottom), params [B, K, 8] float64
+    (x, y, size, speed, omega, phase, radius, amplitude).
+    """
+
+    def __init__(self, scenes: list[Scene]):
+        k = max(len(s.spec.objects) for s in scenes)
+        b = len(scenes)
+        self.shape = torch.full((b, k), -1, dtype=torch.long)
+        self.motion = torch.zeros((b, k), dtype=torch.long)
+        self.colour = torch.zeros((b, k, 3))
+        self.background = torch.zeros((b, 2, 3))
+        self.params = torch.zeros((b, k, 8), dtype=torch.float64)
+        for i, s in enumerate(scenes):
+            self.background[i] = torch.tensor([BACKGROUND_COLOURS[n] for n in s.spec.background])
+            for j, (o, st) in enumerate(zip(s.spec.objects, s.states)):
+                self.shape[i, j] = SHAPES.index(o.shape)
+                self.motion[i, j] = MOTIONS.index(o.motion)
+                self.colour[i, j] = torch.tensor(OBJECT_COLOURS[o.colour])
+                self.params[i, j] = torch.tensor([st.x, st.y, st.size, st.speed, st.omega, st.phase,
+                                                  st.radius, st.amplitude], dtype=torch.float64)
+
+
+def trajectories(batch: SceneBatch, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Object centre and size at frame times ``t`` [F] -> x, y, size, each [B, K, F] float32.
+
+    Evaluated in float64 and reduced modulo 1 so that frame 10^6 is as exact as frame 0.
+    """
+    p = batch.params.unsqueeze(-1)                               # [B, K, 8, 1]
+    x, y, size, speed, omega, phase, radius, amp = p.unbind(-2)  # each [B, K, 1]
+    t = t.to(torch.float64).view(1, 1, -1)
+    m = batch.motion.unsqueeze(-1)
+    shift = speed * t
+    angle = torch.remainder(phase + omega * t, 2 * math.pi)
+    cx = torch.where(m == MOTIONS.index("left"), x - shift, torch.where(m == MOTIONS.index("right"), x + shift, x))
+    cy = torch.where(m == MOTIONS.index("up"), y - shift, torch.where(m == MOTIONS.index("down"), y + shift, y))
+    orbit = m == MOTIONS.index("orbit")
+    cx = torch.where(orbit, 0.5 + radius * torch.cos(angle), cx)
+    cy = torch.where(orbit, 0.5 + radius * torch.sin(angle), cy)
+    r = torch.where(m == MOTIONS.index("pulse"), size + amp * torch.sin(angle), size.expand_as(cx))
+    return (torch.remainder(cx, 1.0).float(), torch.remainder(cy, 1.0).float(), r.float())
+
+
+def coverage(cx: torch.Tensor, cy: torch.Tensor, size: torch.Tensor, shape: torch.Tensor,
+             height: int, width: int) -> torch.Tensor:
+    """Anti-aliased coverage of objects on a torus: cx, cy, size [B, K, F], shape [B, K] -> [B, K, F, H, W]."""
+    unit = min(height, width)
+    px = (torch.arange(width, dtype=cx.dtype, device=cx.device) + 0.5).view(1, 1, 1, 1, width)
+    py = (torch.arange(height, dtype=cx.dtype, device=cx.device) + 0.5).view(1, 1, 1, height, 1)
+    dx = torch.remainder(px - cx[..., None, None] * width + width / 2, width) - width / 2   # [B, K, F, 1, W]
+    dy = torch.remainder(py - cy[..., None, None] * height + height / 2, height) - height / 2
+    r = size.clamp(min=0)[..., None, None] * unit
+    circle = torch.sqrt(dx * dx + dy * dy + 1e-12) - r
+    square = torch.maximum(dx.abs(), dy.abs()) - r * _SQUARE_HALF
+    s3 = math.sqrt(3) / 2
+    triangle = torch.maximum(torch.maximum(dy, -s3 * dx - 0.5 * dy), s3 * dx - 0.5 * dy) - r * _TRIANGLE_IN
+    sel = shape.view(*shape.shape, 1, 1, 1)
+    dist = torch.where(sel == 0, circle, torch.where(sel == 1, square, triangle))
+    return (0.5 - dist).clamp(0, 1) * (sel >= 0)
+
+
+def background_image(background: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, 2, 3] (top, bottom) -> vertical gradient [B, 3, H, W] sampled at pixel centres."""
+    w = ((torch.arange(height, dtype=background.dtype, device=background.device) + 0.5) / height).view(1, 1, height, 1)
+    top, bottom = background[:, 0, :, None, None], background[:, 1, :, None, None]
+    return (top + (bottom - top) * w).expand(-1, -1, height, width)
+
+
+def composite(cover: torch.Tensor, colour: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Objects over background: cover [B, K, F, H, W], colour [B, K, 3], background [B, 3, H, W] -> [B, F, 3, H, W]."""
+    img = background.unsqueeze(1).expand(-1, cover.shape[2], -1, -1, -1)
+    for k in range(cover.shape[1]):
+        a = cover[:, k].unsqueeze(2)                               # [B, F, 1, H, W]
+        img = img * (1 - a) + colour[:, k, None, :, None, None] * a
+    return img
+
+
+def render_batch(batch: SceneBatch, num_frames: int, start_frame: int = 0, height: int = 32,
+                 width: int = 32) -> torch.Tensor:
+    """Frames ``start_frame .. start_frame + num_frames - 1`` of every scene -> [B, F, 3, H, W] in [0, 1]."""
+    t = torch.arange(start_frame, start_frame + num_frames, dtype=torch.float64)
+    cx, cy, r = trajectories(batch, t)
+    cover = coverage(cx, cy, r, batch.shape, height, width)
+    return composite(cover, batch.colour, background_image(batch.background, height, width))
+
+
+def render(scene: Scene | list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,
+           width: int = 32) -> torch.Tensor:
+    """Ground-truth pixels: one scene -> [F, 3, H, W]; a list -> [B, F, 3, H, W]. Any length, any start."""
+    scenes = [scene] if isinstance(scene, Scene) else scene
+    video = render_batch(SceneBatch(scenes), num_frames, start_frame, height, width)
+    return video[0] if isinstance(scene, Scene) else video
