@@ -1,0 +1,434 @@
+"""Checkpoint reading/writing against real files in every layout Wan2.1 / Self Forcing weights ship in."""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from sf_core.checkpoint import (CheckpointError, check_state_dict, diffusers_to_wan, load_state_dict,
+                                model_config_from, save_comfy_native_ar, save_diffusers, save_safetensors,
+                                wan_param_shapes, wan_to_diffusers, write_safetensors_atomic)
+from sf_core.config import WAN_1_3B, WAN_14B, ConfigError, ModelConfig, StreamConfig
+
+TINY = ModelConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64, freq_dim=256)
+
+
+def random_sd(cfg: ModelConfig = TINY, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=g) for k, s in wan_param_shapes(cfg).items()}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert torch.equal(a[k], b[k]), k
+
+
+# Diffusers names written out independently of sf_core's table, from the reference mapping (§6.3).
+def diffusers_name(key: str) -> str:
+    top = {"time_embedding.0": "condition_embedder.time_embedder.linear_1",
+           "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+           "time_projection.1": "condition_embedder.time_proj",
+           "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+           "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+           "head.head": "proj_out", "patch_embedding": "patch_embedding"}
+    if key == "head.modulation":
+        return "scale_shift_table"
+    if not key.startswith("blocks."):
+        module, param = key.rsplit(".", 1)
+        return f"{top[module]}.{param}"
+    _, i, rest = key.split(".", 2)
+    if rest == "modulation":
+        return f"blocks.{i}.scale_shift_table"
+    for wan, new in (("self_attn.", "attn1."), ("cross_attn.", "attn2.")):
+        if rest.startswith(wan):
+            module, param = rest[len(wan):].rsplit(".", 1)
+            proj = {"q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0"}.get(module, module)
+            return f"blocks.{i}.{new}{proj}.{param}"
+    rest = rest.replace("norm3.", "norm2.").replace("ffn.0.", "ffn.net.0.proj.").replace("ffn.2.", "ffn.net.2.")
+    return f"blocks.{i}.{rest}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter table
+
+
+def test_wan_1_3b_table_matches_reference_counts():
+    shapes = wan_param_shapes(WAN_1_3B)
+    assert len(shapes) == 825
+    assert sum(math.prod(s) for s in shapes.values()) == 1_418_996_800
+    top = [k for k in shapes if not k.startswith("blocks.")]
+    assert len(top) == 15
+    block0 = {k: s for k, s in shapes.items() if k.startswith("blocks.0.")}
+    assert len(block0) == 27
+    assert sum(math.prod(s) for s in block0.values()) == 46_440_704
+    assert shapes["patch_embedding.weight"] == (1536, 16, 1, 2, 2)
+    assert shapes["time_projection.1.weight"] == (9216, 1536)
+    assert shapes["head.head.weight"] == (64, 1536)
+    assert shapes["head.modulation"] == (1, 2, 1536)
+    assert shapes["blocks.29.modulation"] == (1, 6, 1536)
+    assert shapes["blocks.29.ffn.2.weight"] == (1536, 8960)
+    assert "freqs" not in shapes
+
+
+def test_wan_14b_table_and_config_inference_round_trip():
+    shapes = wan_param_shapes(WAN_14B)
+    assert len(shapes) == 15 + 40 * 27
+    meta_sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    assert model_config_from(meta_sd, {}, "14B") == WAN_14B
+
+
+def test_model_on_meta_device_has_exactly_the_table():
+    from sf_core.model import CausalWanModel
+
+    with torch.device("meta"):
+        model = CausalWanModel(WAN_1_3B)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == wan_param_shapes(WAN_1_3B)
+    assert sum(p.numel() for p in model.parameters()) == 1_418_996_800
+
+
+def test_diffusers_mapping_matches_independent_names_both_ways():
+    sd = random_sd()
+    mapped = wan_to_diffusers(sd)
+    assert sorted(mapped) == sorted(diffusers_name(k) for k in sd)
+    assert "blocks.1.attn1.to_out.0.weight" in mapped and "blocks.0.ffn.net.0.proj.bias" in mapped
+    assert_same(diffusers_to_wan(mapped), sd)
+
+
+# --------------------------------------------------------------------------------------------------
+# Every real layout loads to identical tensors
+
+
+def write_layout(layout: str, sd: dict, root: Path) -> Path:
+    """Write `sd` into `root` in the named real-world layout; returns the path to load."""
+    if layout == "official_pt_ema":
+        p = root / "self_forcing_dmd.pt"
+        torch.save({"generator_ema": {"model." + k: v for k, v in sd.items()}}, p)
+    elif layout == "official_pt_generator_fsdp":
+        p = root / "model.pt"
+        fsdp = {}
+        for k, v in sd.items():
+            k = k.replace("blocks.0.", "blocks.0._fsdp_wrapped_module.")
+            fsdp["model._fsdp_wrapped_module." + k] = v
+        torch.save({"generator": fsdp, "critic": {"model.x": torch.zeros(1)}}, p)
+    elif layout == "ode_init_model_key":
+        p = root / "ode_init.pt"
+        torch.save({"model": {"model." + k: v for k, v in sd.items()}}, p)
+    elif layout == "flat_pt_ddp_compile":
+        p = root / "flat.pth"
+        torch.save({"module._orig_mod." + k: v for k, v in sd.items()}, p)
+    elif layout == "wan_single":
+        p = root / "diffusion_pytorch_model.safetensors"
+        save_file(sd, p)
+    elif layout in ("wan_sharded_index", "wan_sharded_folder"):
+        keys = list(sd)
+        halves = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+                  "diffusion_pytorch_model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+        weight_map = {}
+        for shard, names in halves.items():
+            save_file({k: sd[k] for k in names}, root / shard)
+            weight_map.update({k: shard for k in names})
+        total = sum(v.numel() * v.element_size() for v in sd.values())
+        index = root / "diffusion_pytorch_model.safetensors.index.json"
+        index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+        p = index if layout == "wan_sharded_index" else root
+    elif layout == "comfy_full_checkpoint":
+        p = root / "wan_full.safetensors"
+        full = {"model.diffusion_model." + k: v for k, v in sd.items()}
+        full["first_stage_model.decoder.conv1.weight"] = torch.zeros(4, 4)
+        full["cond_stage_model.t5xxl.transformer.shared.weight"] = torch.zeros(4, 4)
+        save_file(full, p)
+    elif layout == "comfy_flattened_generator":
+        p = root / "flattened.safetensors"
+        save_file({"model." + k: v for k, v in sd.items()}, p)
+    elif layout == "diffusers_folder":
+        p = root / "transformer"
+        p.mkdir()
+        save_file({diffusers_name(k): v for k, v in sd.items()}, p / "diffusion_pytorch_model.safetensors")
+        (p / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel"}))
+    elif layout == "comfy_native_ar":
+        p = root / "ar.safetensors"
+        save_file(sd, p, metadata={"config": json.dumps({"transformer": {"causal_ar": True}})})
+    else:
+        raise AssertionError(layout)
+    return p
+
+
+LAYOUTS = ["official_pt_ema", "official_pt_generator_fsdp", "ode_init_model_key", "flat_pt_ddp_compile",
+           "wan_single", "wan_sharded_index", "wan_sharded_folder", "comfy_full_checkpoint",
+           "comfy_flattened_generator", "diffusers_folder", "comfy_native_ar"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_loads_identical_tensors(layout, tmp_path):
+    sd = random_sd()
+    loaded, meta = load_state_dict(write_layout(layout, sd, tmp_path))
+    assert_same(loaded, sd)
+    assert model_config_from(loaded, meta, layout) == TINY
+    assert "sf_source_layout" in meta
+
+
+def test_official_pt_prefers_ema_over_generator(tmp_path):
+    ema, gen = random_sd(seed=1), random_sd(seed=2)
+    p = tmp_path / "both.pt"
+    torch.save({"generator": {"model." + k: v for k, v in gen.items()},
+                "generator_ema": {"model." + k: v for k, v in ema.items()}}, p)
+    loaded, meta = load_state_dict(p)
+    assert_same(loaded, ema)
+    assert meta["sf_source_entry"] == "generator_ema"
+
+
+def test_native_ar_metadata_is_returned(tmp_path):
+    _, meta = load_state_dict(write_layout("comfy_native_ar", random_sd(), tmp_path))
+    assert json.loads(meta["config"])["transformer"]["causal_ar"] is True
+
+
+def test_scaled_fp8_is_dequantised(tmp_path):
+    sd = {k: v.to(torch.bfloat16) for k, v in random_sd().items()}
+    stored, expected = {"model.diffusion_model.scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}, {}
+    for k, v in sd.items():
+        linear = k.endswith(".weight") and v.ndim == 2
+        if linear:
+            scale = v.float().abs().max() / 448.0
+            w8 = (v.float() / scale).to(torch.float8_e4m3fn)
+            stored["model.diffusion_model." + k] = w8
+            stored["model.diffusion_model." + k[:-len("weight")] + "scale_weight"] = scale.reshape(())
+            stored["model.diffusion_model." + k[:-len("weight")] + "scale_input"] = torch.ones(())
+            expected[k] = (w8.float() * scale).to(torch.bfloat16)
+        else:
+            stored["model.diffusion_model." + k] = v
+            expected[k] = v
+    p = tmp_path / "wan_fp8_scaled.safetensors"
+    save_file(stored, p)
+    loaded, _ = load_state_dict(p)
+    assert_same(loaded, expected)
+    err = (loaded["blocks.0.ffn.0.weight"].float() - sd["blocks.0.ffn.0.weight"].float()).abs().max()
+    assert 0 < err < 0.1 * sd["blocks.0.ffn.0.weight"].float().abs().max()  # fp8 really was lossy
+
+
+def test_mixed_precision_weight_scale_convention(tmp_path):
+    sd = random_sd()
+    w = sd["blocks.1.cross_attn.v.weight"]
+    scale = w.abs().max() / 448.0
+    w8 = (w / scale).to(torch.float8_e4m3fn)
+    stored = dict(sd)
+    stored["blocks.1.cross_attn.v.weight"] = w8
+    stored["blocks.1.cross_attn.v.weight_scale"] = scale.reshape(())
+    stored["blocks.1.cross_attn.v.input_scale"] = torch.ones(())
+    p = tmp_path / "mixed.safetensors"
+    save_file(stored, p)
+    loaded, _ = load_state_dict(p)
+    assert torch.equal(loaded["blocks.1.cross_attn.v.weight"], w8.float() * scale)
+    assert sorted(loaded) == sorted(sd)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writers
+
+
+def test_save_safetensors_writes_bare_keys_and_our_metadata(tmp_path):
+    sd = random_sd()
+    stream = StreamConfig(chunk_frames=1, denoising_steps=(1000.0, 500.0), shift=3.0, window=9, sink=3)
+    p = save_safetensors(sd, tmp_path / "out" / "sf.safetensors", stream_config=stream)
+    with safe_open(str(p), "pt") as f:
+        header = f.metadata()
+        assert sorted(f.keys()) == sorted(sd)
+    assert header["sf_format_version"] == "1"
+    assert ModelConfig.from_json(header["sf_model"]) == TINY
+    loaded, meta = load_state_dict(p)
+    assert_same(loaded, sd)
+    assert StreamConfig.from_metadata(meta) == stream
+    assert list(tmp_path.joinpath("out").iterdir()) == [p]  # no temporary file left behind
+
+
+def test_sf_model_metadata_allows_non_128_head_size(tmp_path):
+    cfg = ModelConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=1, text_dim=32, freq_dim=32)
+    sd = random_sd(cfg)
+    with pytest.raises(ConfigError, match="multiple of the Wan2.1 head size 128"):
+        save_safetensors(sd, tmp_path / "x.safetensors")
+    p = save_safetensors(sd, tmp_path / "head32.safetensors", model_config=cfg)
+    loaded, meta = load_state_dict(p)
+    assert model_config_from(loaded, meta, str(p)) == cfg
+    assert model_config_from(loaded, meta, str(p)).head_dim == 32
+
+
+def test_save_comfy_native_ar_marks_causal_ar(tmp_path):
+    sd = random_sd()
+    p = save_comfy_native_ar(sd, tmp_path / "ar.safetensors", StreamConfig(chunk_frames=1))
+    loaded, meta = load_state_dict(p)
+    assert_same(loaded, sd)
+    assert json.loads(meta["config"]) == {"transformer": {"causal_ar": True}}
+    assert StreamConfig.from_metadata(meta).chunk_frames == 1
+
+
+def test_save_diffusers_folder(tmp_path):
+    sd = random_sd()
+    p = save_diffusers(sd, tmp_path / "transformer")
+    cfg = json.loads((tmp_path / "transformer" / "config.json").read_text())
+    assert cfg["_class_name"] == "WanTransformer3DModel"
+    assert (cfg["num_attention_heads"], cfg["attention_head_dim"], cfg["num_layers"]) == (2, 128, 2)
+    with safe_open(str(p), "pt") as f:
+        assert sorted(f.keys()) == sorted(diffusers_name(k) for k in sd)
+    assert_same(load_state_dict(tmp_path / "transformer")[0], sd)
+
+
+def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "model.safetensors"
+    save_safetensors(random_sd(seed=1), target)
+    before = target.read_bytes()
+    with pytest.raises(AttributeError):
+        write_safetensors_atomic({"a": torch.zeros(2), "b": "not a tensor"}, target, {})
+    assert target.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_writer_refuses_incomplete_state_dict(tmp_path):
+    sd = random_sd()
+    del sd["blocks.1.ffn.2.bias"]
+    with pytest.raises(CheckpointError, match=r"1 missing key\(s\): 'blocks.1.ffn.2.bias'"):
+        save_safetensors(sd, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input
+
+
+class WritesMarker:
+    """Unpickling this object opens (creates) a file: the simplest code-execution payload."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("container", ["torch_zip", "raw_pickle"])
+def test_malicious_pickle_is_refused_without_running_it(container, tmp_path):
+    marker = tmp_path / "pwned"
+    p = tmp_path / "self_forcing_dmd.pt"
+    payload = {"generator_ema": {"model.head.modulation": WritesMarker(marker)}}
+    if container == "torch_zip":
+        torch.save(payload, p)
+    else:
+        with open(p, "wb") as f:
+            pickle.dump(payload, f, protocol=2)
+    with pytest.raises(CheckpointError) as e:
+        load_state_dict(p)
+    assert not marker.exists()
+    msg = str(e.value)
+    assert str(p) in msg and "refused" in msg and "execute code" in msg
+    # Control: an unrestricted unpickler really runs the payload, so the refusal above is meaningful.
+    data = zipfile.ZipFile(p).read(next(n for n in zipfile.ZipFile(p).namelist() if n.endswith("data.pkl"))) \
+        if container == "torch_zip" else p.read_bytes()
+    pickle.loads(data)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_truncated_file(suffix, tmp_path):
+    p = tmp_path / f"model{suffix}"
+    sd = random_sd()
+    save_file(sd, p) if suffix == ".safetensors" else torch.save({"generator_ema": sd}, p)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as e:
+        load_state_dict(p)
+    assert str(p) in str(e.value)
+
+
+def test_garbage_file(tmp_path):
+    p = tmp_path / "model.safetensors"
+    p.write_bytes(b"\x00\x01garbage" * 100)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_state_dict(p)
+
+
+def test_missing_file_and_missing_shard(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_state_dict(tmp_path / "nope.safetensors")
+    index = write_layout("wan_sharded_index", random_sd(), tmp_path)
+    (tmp_path / "diffusion_pytorch_model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="shard 'diffusion_pytorch_model-00002-of-00002.safetensors'"):
+        load_state_dict(index)
+
+
+def wan_vae_keys() -> dict:
+    return {"encoder.conv1.weight": torch.zeros(8, 3, 3, 3, 3), "conv1.weight": torch.zeros(32, 32, 1, 1, 1),
+            "decoder.middle.0.residual.0.gamma": torch.zeros(32, 1, 1, 1),
+            "decoder.head.0.gamma": torch.zeros(8, 1, 1, 1)}
+
+
+@pytest.mark.parametrize("keys, looks_like, folder", [
+    (wan_vae_keys(), "a Wan 2.1 VAE", "models/vae"),
+    ({"shared.weight": torch.zeros(8, 4), "encoder.final_layer_norm.weight": torch.zeros(4),
+      "encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(4, 4)}, "text encoder", "models/text_encoders"),
+    ({"token_embedding.weight": torch.zeros(8, 4), "blocks.0.attn.q.weight": torch.zeros(4, 4)},
+     "official Wan umT5", "models/text_encoders"),
+    ({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(4, 256)}, "a LoRA", "models/loras"),
+])
+def test_wrong_model_type_says_what_it_looks_like(keys, looks_like, folder, tmp_path):
+    p = tmp_path / "wrong.safetensors"
+    save_file(keys, p)
+    with pytest.raises(CheckpointError) as e:
+        load_state_dict(p)
+    msg = str(e.value)
+    assert str(p) in msg and "not a Wan2.1 DiT" in msg and looks_like in msg and folder in msg
+
+
+def test_unknown_file_lists_its_keys(tmp_path):
+    p = tmp_path / "other.safetensors"
+    save_file({"foo.weight": torch.zeros(2), "bar.bias": torch.zeros(2)}, p)
+    with pytest.raises(CheckpointError, match=r"none of its 2 keys ends in 'head.modulation'.*'bar.bias', 'foo.weight'"):
+        load_state_dict(p)
+
+
+def test_pt_without_a_generator(tmp_path):
+    p = tmp_path / "critic_only.pt"
+    torch.save({"critic": {"model.head.modulation": torch.zeros(1)}, "step": 5}, p)
+    with pytest.raises(CheckpointError, match=r"no tensors found.*nested dicts \['critic'\].*generator_ema"):
+        load_state_dict(p)
+
+
+def test_two_dits_in_one_file(tmp_path):
+    gen, critic = random_sd(seed=1), random_sd(seed=2)
+    p = tmp_path / "two.safetensors"
+    save_file({**{"generator." + k: v for k, v in gen.items()}, **{"critic." + k: v for k, v in critic.items()}}, p)
+    with pytest.raises(CheckpointError, match="holds 2 DiTs under the prefixes 'critic.', 'generator.'"):
+        load_state_dict(p)
+
+
+def test_check_reports_missing_unexpected_and_shapes():
+    sd = random_sd()
+    for k in ("blocks.1.ffn.0.bias", "blocks.1.norm3.weight", "blocks.0.cross_attn.o.bias"):
+        del sd[k]
+    sd["blocks.0.self_attn.k_img.weight"] = torch.zeros(256, 256)
+    sd["blocks.1.self_attn.q.weight"] = torch.zeros(256, 128)
+    with pytest.raises(CheckpointError) as e:
+        check_state_dict(sd, TINY, "tiny.safetensors")
+    msg = str(e.value)
+    assert msg.startswith("tiny.safetensors: ")
+    assert "3 missing key(s): 'blocks.0.cross_attn.o.bias', 'blocks.1.norm3.weight', 'blocks.1.ffn.0.bias'" in msg
+    assert "1 unexpected key(s): 'blocks.0.self_attn.k_img.weight'" in msg
+    assert "key 'blocks.1.self_attn.q.weight' has shape [256, 128], expected [256, 256]" in msg
+    assert "dim 256, 2 layers" in msg
+
+
+def test_diffusers_file_with_unknown_keys(tmp_path):
+    sd = {diffusers_name(k): v for k, v in random_sd().items()}
+    sd["blocks.0.attn2.add_k_proj.weight"] = torch.zeros(256, 256)
+    p = tmp_path / "diffusers.safetensors"
+    save_file(sd, p)
+    with pytest.raises(CheckpointError, match=r"1 key\(s\) have no diffusers -> Wan mapping: "
+                                              r"'blocks.0.attn2.add_k_proj.weight'"):
+        load_state_dict(p)
