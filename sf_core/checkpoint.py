@@ -23,7 +23,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from sf_core.config import ConfigError, ModelConfig, StreamConfig, infer_config
+from sf_core.config import ModelConfig, StreamConfig, infer_config
+from sf_core.model import CausalWanModel
 
 FORMAT_VERSION = "1"
 WAN_ANCHOR = "head.modulation"                          # present in every Wan2.1 DiT (ComfyUI's detector key)
@@ -412,8 +413,6 @@ def load_model(path, dtype: torch.dtype | None = None, device="cpu",
     so weights are held once. `dtype=None` keeps the file's dominant dtype. The stream config is the
     argument, else the file's `sf_stream` metadata, else the official defaults.
     """
-    from sf_core.model import CausalWanModel
-
     source = str(path)
     sd, meta = load_state_dict(path)
     cfg = model_config_from(sd, meta, source)

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sf_core.checkpoint import (CheckpointError, check_state_dict, diffusers_to_wan, load_state_dict,
+from sf_core.checkpoint import (CheckpointError, check_state_dict, diffusers_to_wan, load_model, load_state_dict,
                                 model_config_from, save_comfy_native_ar, save_diffusers, save_safetensors,
                                 wan_param_shapes, wan_to_diffusers, write_safetensors_atomic)
 from sf_core.config import WAN_1_3B, WAN_14B, ConfigError, ModelConfig, StreamConfig
@@ -432,3 +432,66 @@ def test_diffusers_file_with_unknown_keys(tmp_path):
     with pytest.raises(CheckpointError, match=r"1 key\(s\) have no diffusers -> Wan mapping: "
                                               r"'blocks.0.attn2.add_k_proj.weight'"):
         load_state_dict(p)
+
+
+# --------------------------------------------------------------------------------------------------
+# load_model
+
+
+def tiny_inputs():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 3, 16, 4, 4, generator=g)       # [B, F, C, H, W]
+    t = torch.tensor([[900.0, 900.0, 900.0]])          # [B, F]
+    context = torch.randn(1, 8, TINY.text_dim, generator=g)  # [B, L, text_dim]
+    return x, t, context
+
+
+def test_load_model_matches_a_normally_built_model(tmp_path):
+    from sf_core.model import CausalWanModel
+
+    sd = random_sd()
+    p = write_layout("official_pt_ema", sd, tmp_path)
+    model, stream = load_model(p)
+    assert stream == StreamConfig()  # no sf_stream metadata -> official defaults
+    assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in model.state_dict().values())
+    assert_same(model.state_dict(), sd)
+    reference = CausalWanModel(TINY)
+    reference.load_state_dict(sd)
+    with torch.no_grad():
+        out, want = model(*tiny_inputs()), reference(*tiny_inputs())
+    assert out.shape == (1, 3, 16, 4, 4)
+    assert torch.allclose(out, want, atol=1e-5, rtol=0)
+
+
+def test_load_model_dtype_and_stream_config_precedence(tmp_path):
+    sd = random_sd()
+    stored = StreamConfig(chunk_frames=1, shift=3.0)
+    p = save_safetensors(sd, tmp_path / "m.safetensors", stream_config=stored)
+    model, stream = load_model(p, dtype=torch.bfloat16)
+    assert stream == stored
+    assert {v.dtype for v in model.state_dict().values()} == {torch.bfloat16}
+    assert torch.equal(model.state_dict()["blocks.1.ffn.0.weight"], sd["blocks.1.ffn.0.weight"].to(torch.bfloat16))
+    given = StreamConfig(window=9, sink=3)
+    assert load_model(p, stream_config=given)[1] == given
+
+
+def test_load_model_uses_sf_model_metadata_for_other_head_sizes(tmp_path):
+    cfg = ModelConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=1, text_dim=32, freq_dim=32)
+    p = save_safetensors(random_sd(cfg), tmp_path / "head32.safetensors", model_config=cfg)
+    model, _ = load_model(p)
+    assert model.config == cfg
+
+
+def test_load_model_errors_name_file_and_keys(tmp_path):
+    sd = random_sd()
+    sd["blocks.0.ffn.2.weight"] = torch.zeros(256, 100)
+    p = tmp_path / "bad_shape.safetensors"
+    save_file(sd, p)
+    with pytest.raises(CheckpointError) as e:
+        load_model(p)
+    assert str(p) in str(e.value)
+    assert "'blocks.0.ffn.2.weight' has shape [256, 100], expected [256, 512]" in str(e.value)
+    vae = tmp_path / "wan_2.1_vae.safetensors"
+    save_file(wan_vae_keys(), vae)
+    with pytest.raises(CheckpointError, match="looks like a Wan 2.1 VAE - put it in models/vae"):
+        load_model(vae)
