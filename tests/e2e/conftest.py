@@ -200,6 +200,13 @@ def _log_tail(path: Path, lines: int = 120) -> str:
 
 
 @pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where e2e tests leave files for CI to keep (server log, screenshots)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
 def comfy(request) -> ComfyClient:
     """A running ComfyUI server with this repository linked in as `custom_nodes/comfyui_self_forcing`."""
     base = Path(tempfile.mkdtemp(prefix="sf-comfy-"))
