@@ -114,9 +114,10 @@ def _open_tensors(path: Path) -> Iterator[Mapping[str, torch.Tensor]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
-        raise TextEncoderError(f"refusing to load {path}: torch.load(weights_only=True) rejected it "
-                               f"({str(exc).splitlines()[0]}); only plain tensor state dicts are accepted, since "
-                               "other pickled objects could run code") from exc
+        reason = next((line.strip() for line in str(exc).splitlines() if "nsupported" in line), "not plain tensors")
+        raise TextEncoderError(f"refusing to load {path}: torch.load(weights_only=True) rejected it ({reason}); "
+                               "only plain tensor state dicts are accepted, since other pickled objects could run "
+                               "code. Use the official models_t5_umt5-xxl-enc-bf16.pth or a safetensors file") from exc
     except (RuntimeError, EOFError, ValueError) as exc:
         raise TextEncoderError(f"{path}: neither a safetensors file nor a readable torch checkpoint ({exc}); "
                                "it may be truncated or corrupt, download it again") from exc
@@ -288,6 +289,8 @@ class TextEncoder:
     def encode(self, prompts: list[str] | str) -> torch.Tensor:
         """Embeddings `[B, seq_len, dim]` in the encoder's dtype on `device`; rows past EOS are exactly 0."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("TextEncoder.encode needs at least one prompt (an empty string is a valid prompt)")
         found = {p: self._cache[p] for p in prompts if p in self._cache}
         todo = [p for p in dict.fromkeys(prompts) if p not in found]
         if todo:

@@ -15,7 +15,7 @@ from sf_core.text import (TextEncoder, TextEncoderError, comfy_to_official_key, 
                           read_umt5_file)
 from sf_core.tiny_assets import TINY_UMT5, make_tiny_umt5, tiny_spiece_model, tiny_umt5_state_dict
 from sf_core.tokenizer import TokenizerError, UMT5Tokenizer, clean_whitespace
-from sf_core.umt5 import UMT5Encoder, relative_position_bucket
+from sf_core.umt5 import UMT5_XXL, UMT5Encoder, relative_position_bucket
 
 PROMPTS = ["A cat sleeps on a warm windowsill while rain taps the glass.", "", "Fireworks burst over a river!"]
 
@@ -113,6 +113,18 @@ def test_bfloat16_runs_close_to_float32(comfy_file):
     a, b = enc32.encode(PROMPTS), enc16.encode(PROMPTS)
     assert b.dtype == torch.bfloat16
     assert (a - b.float()).abs().max() < 0.05 * a.abs().max()
+
+
+def test_xxl_config_matches_published_parameter_counts():
+    """formats.md §1: 5.68 B parameters, 4.63 B of them in the 168 Linear layers, 1.05 B in the embedding."""
+    with torch.device("meta"):
+        model = UMT5Encoder(UMT5_XXL)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 168
+    assert round(sum(m.weight.numel() for m in linears) / 1e9, 2) == 4.63
+    assert round(model.token_embedding.weight.numel() / 1e9, 2) == 1.05
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == 5.68
+    assert model.blocks[23].pos_embedding.embedding.weight.shape == (32, 64)
 
 
 # ---------------------------------------------------------------- layouts
@@ -232,6 +244,8 @@ def test_cache_reuses_and_evicts_least_recent(comfy_file):
     assert batches == [2, 1, 1]
     fresh = TextEncoder.load(comfy_file, dtype=torch.float32, cache_size=0)
     assert torch.equal(fresh.encode(["b", "a"]), again)
+    with pytest.raises(ValueError, match="at least one prompt"):
+        fresh.encode([])
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -312,17 +326,18 @@ class _RunsCode:
         return os.mkdir, (self.marker,)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
     torch.save({"token_embedding.weight": torch.zeros(2, 2), "payload": _RunsCode(str(marker))}, path)
     assert zipfile.is_zipfile(path)
-    with pytest.raises(TextEncoderError, match=r"refusing to load .*weights_only"):
+    with pytest.raises(TextEncoderError, match=r"refusing to load .*weights_only.*GLOBAL posix.mkdir"):
         read_umt5_file(path)
     assert not marker.exists()
     legacy = tmp_path / "legacy.pth"
     legacy.write_bytes(pickle.dumps(_RunsCode(str(marker))))
-    with pytest.raises(TextEncoderError):
+    with pytest.raises(TextEncoderError, match=r"refusing to load"):
         read_umt5_file(legacy)
     assert not marker.exists()
 
