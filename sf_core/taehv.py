@@ -167,14 +167,19 @@ def infer_taehv_shape(sd: dict, source: str = "state dict") -> dict:
     return shape
 
 
-def load_taehv(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TAEHV:
-    """Load `taew2_1.pth` / `taew2_1.safetensors` / ComfyUI `lighttaew2_1.*` (same key layout)."""
-    sd = read_state_dict(path)
-    shape = infer_taehv_shape(sd, str(path))
+def taehv_from_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict",
+                          device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TAEHV:
+    """Build a `TAEHV` from `taew2_1`-layout tensors; without `encoder.*` keys it is decoder-only."""
+    shape = infer_taehv_shape(sd, source)
     model = TAEHV(**shape, with_encoder="encoder_width" in shape)
-    check_state_dict(model, sd, str(path))
+    check_state_dict(model, sd, source)
     model.load_state_dict(sd, strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_taehv(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TAEHV:
+    """Load `taew2_1.pth` / `taew2_1.safetensors` / ComfyUI `lighttaew2_1.*` (same key layout)."""
+    return taehv_from_state_dict(read_state_dict(path), str(path), device, dtype)
 
 
 class StreamingTAEHVDecoder:

@@ -390,18 +390,20 @@ def infer_vae_config(sd: dict, source: str = "state dict") -> VAEConfig:
     return VAEConfig(dim=int(sd["decoder.head.0.gamma"].shape[0]), z_dim=int(sd["conv2.weight"].shape[0]))
 
 
-def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-             config: VAEConfig | None = None) -> WanVAE:
-    """Load `Wan2.1_VAE.pth` (torch pickle) or ComfyUI `wan_2.1_vae.safetensors` (same names).
-
-    A file without `encoder.*` keys gives a decoder-only model.
-    """
-    sd = read_state_dict(path)
-    cfg = config or infer_vae_config(sd, str(path))
+def vae_from_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict", device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, config: VAEConfig | None = None) -> WanVAE:
+    """Build a `WanVAE` from official-name tensors; without `encoder.*` keys it is decoder-only."""
+    cfg = config or infer_vae_config(sd, source)
     vae = WanVAE(cfg, with_encoder=any(k.startswith("encoder.") for k in sd))
-    check_state_dict(vae, sd, str(path))
+    check_state_dict(vae, sd, source)
     vae.load_state_dict(sd, strict=True)
     return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+             config: VAEConfig | None = None) -> WanVAE:
+    """Load `Wan2.1_VAE.pth` (torch pickle) or ComfyUI `wan_2.1_vae.safetensors` (same key names)."""
+    return vae_from_state_dict(read_state_dict(path), str(path), device, dtype, config)
 
 
 # ---------------------------------------------------------------------------------------------------
