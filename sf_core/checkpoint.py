@@ -14,7 +14,7 @@ import json
 import os
 import pickle
 import re
-import tempfile
+import uuid
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -344,6 +344,13 @@ def _read_torch(path: Path) -> tuple[dict, dict]:
     return tensors, meta
 
 
+def _is_safetensors(path: Path) -> bool:
+    """Content sniffing for renamed files: 8-byte little-endian header size, then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
 def _resolve(path: Path) -> Path:
     """A folder means its shard index or its single diffusion-model file."""
     if not path.exists():
@@ -372,7 +379,7 @@ def load_state_dict(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     name = path.name.lower()
     if name.endswith(".index.json"):
         sd, meta = _read_sharded(path)
-    elif name.endswith(".safetensors"):
+    elif name.endswith(".safetensors") or _is_safetensors(path):
         sd, meta = _read_safetensors(path)
     elif name.endswith(".gguf"):
         raise CheckpointError(f"{path}: GGUF files are not supported; use a safetensors or .pt checkpoint")
@@ -449,10 +456,12 @@ def write_safetensors_atomic(tensors: dict, path, metadata: dict[str, str]) -> N
     """Write safetensors through a temporary file in the same folder, then os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        tmp.touch()
+        mode = tmp.stat().st_mode & 0o777  # what the umask gives a new file; safetensors itself writes 0600
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

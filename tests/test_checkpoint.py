@@ -177,6 +177,13 @@ def test_every_layout_loads_identical_tensors(layout, tmp_path):
     assert "sf_source_layout" in meta
 
 
+def test_safetensors_renamed_to_pt_is_recognised_by_content(tmp_path):
+    sd = random_sd()
+    p = tmp_path / "renamed.pt"
+    save_file({"model.diffusion_model." + k: v for k, v in sd.items()}, p)
+    assert_same(load_state_dict(p)[0], sd)
+
+
 def test_official_pt_prefers_ema_over_generator(tmp_path):
     ema, gen = random_sd(seed=1), random_sd(seed=2)
     p = tmp_path / "both.pt"
@@ -248,6 +255,9 @@ def test_save_safetensors_writes_bare_keys_and_our_metadata(tmp_path):
     assert_same(loaded, sd)
     assert StreamConfig.from_metadata(meta) == stream
     assert list(tmp_path.joinpath("out").iterdir()) == [p]  # no temporary file left behind
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert p.stat().st_mode == plain.stat().st_mode  # same permissions as any new file (umask)
 
 
 def test_sf_model_metadata_allows_non_128_head_size(tmp_path):
