@@ -1,0 +1,166 @@
+"""The streaming generator: one chunk of latent frames at a time, each yielded as soon as it is denoised.
+
+One chunk: draw noise → for each step t_j: v = model(x, t_j, ctx, cache, start_frame), x0 = x − σ_j·v,
+re-noise x0 to t_{j+1} with fresh noise → after the last step, one cache-update pass on x0 at
+`context_noise` (t = 0) so later chunks attend to the clean chunk → yield x0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .cache import KVCache
+from .config import StreamConfig
+from .model import CausalWanModel
+from .noise import NoiseSource, SeededNoise
+from .scheduler import FlowMatchScheduler
+from .state import StreamState
+
+
+@dataclass
+class Chunk:
+    index: int                 # chunk number in the stream (prefill excluded)
+    start_frame: int           # absolute latent frame of latents[:, 0]
+    latents: torch.Tensor      # [B, f, C, h, w], normalised latent space
+
+
+@dataclass
+class PromptSwitch:
+    context: torch.Tensor      # [B, L, text_dim]
+    recache: bool = False      # re-encode the cached window under the new prompt (LongLive-style)
+
+
+class StreamingPipeline:
+    def __init__(self, model: CausalWanModel, stream_config: StreamConfig | None = None, device=None,
+                 dtype: torch.dtype | None = None):
+        self.model = model
+        self.config = stream_config or StreamConfig()
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.dtype = dtype or model.dtype
+        self.scheduler = FlowMatchScheduler(self.config.shift)
+        steps = list(self.config.denoising_steps)
+        self.timesteps = self.scheduler.warp(steps) if self.config.warp_denoising_step else [float(s) for s in steps]
+
+    # -- set-up ------------------------------------------------------------------------------------------
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        """Pixel size -> latent size (VAE stride 8; the patch needs an even latent size)."""
+        _, ph, pw = self.model.config.patch_size
+        if height % (8 * ph) or width % (8 * pw) or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of {8 * ph} pixels, got "
+                             f"{height}×{width}; nearest valid size: "
+                             f"{max(16, round(height / 16) * 16)}×{max(16, round(width / 16) * 16)}")
+        return height // 8, width // 8
+
+    def start(self, context: torch.Tensor, height: int, width: int, seed: int = 0,
+              noise: NoiseSource | None = None, initial_latents: torch.Tensor | None = None,
+              max_frames: int = 21) -> StreamState:
+        """A fresh stream for `context` [B, L, text_dim] at height × width pixels.
+
+        `max_frames` sizes a global cache (rolling caches hold `window` frames). `initial_latents`
+        (normalised [B, F0, C, h, w]) are pushed through the cache first (image-to-video, extension).
+        """
+        h, w = self.latent_size(height, width)
+        cfg = self.config
+        if context.dim() != 3 or context.shape[-1] != self.model.config.text_dim:
+            raise ValueError(f"context must be [B, L, {self.model.config.text_dim}], got {tuple(context.shape)}")
+        context = context.to(self.device, self.dtype)
+        cache = KVCache.allocate(self.model.config, context.shape[0], self.model.frame_tokens(h, w),
+                                 max_frames, cfg.window, cfg.sink, self.dtype, self.device)
+        state = StreamState(cache, context, h, w, noise or SeededNoise(seed),
+                            info={"model": self.model.config.to_json(), "stream": cfg.to_metadata()["sf_stream"]})
+        if initial_latents is not None:
+            self.prefill(state, initial_latents)
+        return state
+
+    @torch.no_grad()
+    def prefill(self, state: StreamState, latents: torch.Tensor) -> None:
+        """Push clean latents [B, F0, C, h, w] through the cache (a remainder block first, then chunks)."""
+        if latents.shape[-2:] != (state.latent_height, state.latent_width):
+            raise ValueError(f"initial latents are {tuple(latents.shape[-2:])} (h, w), the stream is "
+                             f"{(state.latent_height, state.latent_width)}")
+        latents = latents.to(self.device, self.dtype)
+        n, f0 = self.config.chunk_frames, latents.shape[1]
+        bounds = ([0] if f0 % n == 0 else [0, f0 % n]) + list(range(f0 % n + n if f0 % n else n, f0 + 1, n))
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            self._cache_pass(state, latents[:, a:b], state.next_frame)
+            self._remember(state, latents[:, a:b], state.next_frame)
+            state.next_frame += b - a
+
+    # -- generation --------------------------------------------------------------------------------------
+    def _t(self, state: StreamState, frames: int, value: float) -> torch.Tensor:
+        return torch.full((state.batch, frames), value, dtype=torch.float32, device=self.device)
+
+    def _cache_pass(self, state: StreamState, x0: torch.Tensor, start: int) -> None:
+        t = self._t(state, x0.shape[1], self.config.context_noise)
+        self.model(x0, t, state.context, state.cache, start)
+
+    @torch.no_grad()
+    def step(self, state: StreamState) -> Chunk:
+        """Generate the next chunk and commit it to the cache."""
+        cfg, k, start = self.config, state.chunk_index, state.next_frame
+        shape = (state.batch, cfg.chunk_frames, self.model.config.in_dim, state.latent_height, state.latent_width)
+        x = state.noise(k, 0, shape, self.dtype, self.device)
+        for j, t in enumerate(self.timesteps):
+            tt = self._t(state, cfg.chunk_frames, t)
+            x0 = self.scheduler.to_x0(x, self.model(x, tt, state.context, state.cache, start), tt)
+            if j + 1 < len(self.timesteps):
+                nxt = self._t(state, cfg.chunk_frames, self.timesteps[j + 1])
+                x = self.scheduler.add_noise(x0, state.noise(k, j + 1, shape, self.dtype, self.device), nxt)
+        self._cache_pass(state, x0, start)
+        self._remember(state, x0, start)
+        state.next_frame += cfg.chunk_frames
+        state.chunk_index += 1
+        return Chunk(k, start, x0)
+
+    def stream(self, state: StreamState, num_chunks: int | None = None,
+               prompts: dict[int, PromptSwitch] | None = None) -> Iterator[Chunk]:
+        """Yield chunks until `num_chunks` more have been made (None: until the caller stops)."""
+        made = 0
+        while num_chunks is None or made < num_chunks:
+            switch = (prompts or {}).get(state.chunk_index)
+            if switch is not None:
+                self.switch_prompt(state, switch.context, switch.recache)
+            yield self.step(state)
+            made += 1
+
+    # -- prompts -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def switch_prompt(self, state: StreamState, context: torch.Tensor, recache: bool = False) -> None:
+        """Continue under a new prompt. With `recache`, the frames still in the cache are re-encoded under
+        the new prompt (at their original positions), so the old prompt stops steering the window."""
+        state.context = context.to(self.device, self.dtype)
+        state.cache.cross_ready = False
+        if not recache or state.history is None:
+            return
+        cache, n = state.cache, self.config.chunk_frames
+        cache.reset()
+        if state.sink_latents is not None:
+            self._cache_pass(state, state.sink_latents, 0)
+        cache.global_end = state.history_start * cache.frame_tokens  # continue at the window's first frame
+        hist = state.history
+        for a in range(0, hist.shape[1], n):
+            self._cache_pass(state, hist[:, a:a + n], state.history_start + a)
+
+    def _remember(self, state: StreamState, x0: torch.Tensor, start: int) -> None:
+        """Keep the clean latents that are still in the cache (needed to re-cache on a prompt switch)."""
+        x0 = x0.detach()
+        cfg = self.config
+        if cfg.sink and state.sink_latents is None or (state.sink_latents is not None and
+                                                     state.sink_latents.shape[1] < cfg.sink):
+            have = 0 if state.sink_latents is None else state.sink_latents.shape[1]
+            take = x0[:, : cfg.sink - have]
+            state.sink_latents = take.clone() if state.sink_latents is None else torch.cat([state.sink_latents, take], 1)
+            x0, start = x0[:, take.shape[1]:], start + take.shape[1]
+            if x0.shape[1] == 0:
+                return
+        if state.history is None:
+            state.history, state.history_start = x0.clone(), start
+        else:
+            state.history = torch.cat([state.history, x0], 1)
+        keep = (cfg.window - cfg.sink) if cfg.window != -1 else state.cache.capacity // state.cache.frame_tokens
+        if state.history.shape[1] > keep:
+            drop = state.history.shape[1] - keep
+            state.history = state.history[:, drop:]
+            state.history_start += drop

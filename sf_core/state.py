@@ -1,0 +1,112 @@
+"""Stream state: everything needed to continue a stream exactly — snapshot, fork, save, restore."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from .cache import KVCache
+from .noise import NoiseSource, noise_from_spec, SeededNoise
+
+FORMAT = "sf_stream_state/1"
+
+
+class StateError(ValueError):
+    """A stream-state file cannot be used."""
+
+
+@dataclass
+class StreamState:
+    cache: KVCache
+    context: torch.Tensor                      # [B, L, text_dim] current prompt embedding
+    latent_height: int
+    latent_width: int
+    noise: NoiseSource
+    next_frame: int = 0                        # absolute latent frame of the next chunk
+    chunk_index: int = 0                       # chunks generated so far (prefill excluded)
+    history: torch.Tensor | None = None        # [B, Fh, C, h, w] clean latents still in the cache window
+    history_start: int = 0                     # absolute frame index of history[:, 0]
+    sink_latents: torch.Tensor | None = None   # [B, S, C, h, w] the pinned sink frames
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. a VAE decoder state ("vae.*")
+    info: dict = field(default_factory=dict)   # JSON-able facts (model config, stream config)
+
+    @property
+    def batch(self) -> int:
+        return self.context.shape[0]
+
+    def snapshot(self) -> "StreamState":
+        """An independent deep copy; continuing either copy leaves the other untouched."""
+        clone = lambda t: None if t is None else t.clone()  # noqa: E731
+        return StreamState(self.cache.clone(), self.context.clone(), self.latent_height, self.latent_width,
+                           self.noise, self.next_frame, self.chunk_index, clone(self.history),
+                           self.history_start, clone(self.sink_latents),
+                           {k: v.clone() for k, v in self.extras.items()}, json.loads(json.dumps(self.info)))
+
+    def fork(self, noise: NoiseSource | None = None) -> "StreamState":
+        """A snapshot that optionally continues with a different noise source (e.g. another seed)."""
+        s = self.snapshot()
+        if noise is not None:
+            s.noise = noise
+        return s
+
+    # -- files ------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the state to a safetensors file (atomically)."""
+        spec = getattr(self.noise, "spec", None)
+        if spec is None:
+            raise StateError(f"cannot save a stream whose noise source {self.noise!r} has no spec(); "
+                             "use SeededNoise or give the source a spec() method")
+        tensors = dict(self.cache.state_dict("cache."))
+        tensors["context"] = self.context
+        if self.history is not None:
+            tensors["history"] = self.history
+        if self.sink_latents is not None:
+            tensors["sink_latents"] = self.sink_latents
+        tensors.update({"extras." + k: v for k, v in self.extras.items()})
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        meta = {"format": FORMAT, "state": json.dumps({
+            "latent_height": self.latent_height, "latent_width": self.latent_width,
+            "next_frame": self.next_frame, "chunk_index": self.chunk_index,
+            "history_start": self.history_start, "noise": spec(), "info": self.info})}
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device="cpu", dtype: torch.dtype | None = None) -> "StreamState":
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise StateError(f"{path}: stream-state file not found")
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(path, device=str(device))
+        except Exception as e:  # safetensors raises several types for damaged files
+            raise StateError(f"{path}: not a readable safetensors stream state ({e})") from None
+        if meta.get("format") != FORMAT:
+            raise StateError(f"{path}: metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r} "
+                             "(save it with StreamState.save or the SF Save Stream node)")
+        s = json.loads(meta["state"])
+        noise = noise_from_spec(s["noise"])
+        if noise is None:
+            raise StateError(f"{path}: unknown noise source {s['noise']!r}")
+        cache = KVCache.from_state_dict(tensors, "cache.", device=device, dtype=dtype)
+        cast = lambda t: t if t is None or dtype is None else t.to(dtype)  # noqa: E731
+        return cls(cache, cast(tensors["context"]), s["latent_height"], s["latent_width"], noise,
+                   s["next_frame"], s["chunk_index"], cast(tensors.get("history")), s["history_start"],
+                   cast(tensors.get("sink_latents")),
+                   {k[len("extras."):]: v for k, v in tensors.items() if k.startswith("extras.")}, s["info"])
+
+
+__all__ = ["StreamState", "StateError", "SeededNoise"]
