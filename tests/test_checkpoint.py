@@ -505,3 +505,11 @@ def test_load_model_errors_name_file_and_keys(tmp_path):
     save_file(wan_vae_keys(), vae)
     with pytest.raises(CheckpointError, match="looks like a Wan 2.1 VAE - put it in models/vae"):
         load_model(vae)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_load_model_onto_cuda(tmp_path):
+    sd = random_sd()
+    model, _ = load_model(write_layout("wan_single", sd, tmp_path), dtype=torch.bfloat16, device="cuda")
+    assert {v.device.type for v in model.state_dict().values()} == {"cuda"}
+    assert torch.equal(model.state_dict()["head.head.weight"].cpu(), sd["head.head.weight"].to(torch.bfloat16))
