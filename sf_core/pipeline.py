@@ -7,7 +7,7 @@ re-noise x0 to t_{j+1} with fresh noise → after the last step, one cache-updat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -97,8 +97,17 @@ class StreamingPipeline:
         self.model(x0, t, state.context, state.cache, start)
 
     @torch.no_grad()
-    def step(self, state: StreamState) -> Chunk:
-        """Generate the next chunk and commit it to the cache."""
+    def step(self, state: StreamState, callback: Callable[[int, int], None] | None = None,
+             commit: bool = True) -> Chunk:
+        """Generate the next chunk and commit it to the cache.
+
+        `callback(step, num_steps)` runs after every denoising step (progress, interruption checks).
+        `commit=False` skips the cache-update pass — only for the very last chunk of a stream that
+        will never be continued (saves one of five passes); the state is then not extendable.
+        """
+        if state.info.get("final"):
+            raise RuntimeError("this stream ended with commit=False (its last chunk was never cached); "
+                               "it cannot be continued — keep commit=True for streams you want to extend")
         cfg, k, start = self.config, state.chunk_index, state.next_frame
         shape = (state.batch, cfg.chunk_frames, self.model.config.in_dim, state.latent_height, state.latent_width)
         x = state.noise(k, 0, shape, self.dtype, self.device)
@@ -108,7 +117,12 @@ class StreamingPipeline:
             if j + 1 < len(self.timesteps):
                 nxt = self._t(state, cfg.chunk_frames, self.timesteps[j + 1])
                 x = self.scheduler.add_noise(x0, state.noise(k, j + 1, shape, self.dtype, self.device), nxt)
-        self._cache_pass(state, x0, start)
+            if callback is not None:
+                callback(j + 1, len(self.timesteps))
+        if commit:
+            self._cache_pass(state, x0, start)
+        else:
+            state.info["final"] = True
         self._remember(state, x0, start)
         state.next_frame += cfg.chunk_frames
         state.chunk_index += 1

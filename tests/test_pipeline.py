@@ -175,3 +175,17 @@ def test_bad_sizes_and_contexts(tiny_model):
         pipe.start(_ctx(), 481, 830)
     with pytest.raises(ValueError, match=r"context must be \[B, L, 32\]"):
         pipe.start(torch.randn(1, 5, 7), H, W)
+
+
+def test_step_callback_and_final_chunk_without_cache_pass(tiny_model):
+    pipe = StreamingPipeline(tiny_model, StreamConfig(window=6))
+    seen = []
+    state = pipe.start(_ctx(), H, W, seed=1)
+    a = pipe.step(state, callback=lambda j, n: seen.append((j, n)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    ref = pipe.start(_ctx(), H, W, seed=1)
+    pipe.step(ref)
+    last = pipe.step(state, commit=False)
+    assert torch.equal(last.latents, pipe.step(ref).latents)  # same chunk, one pass fewer
+    with pytest.raises(RuntimeError, match="cannot be continued"):
+        pipe.step(state)
