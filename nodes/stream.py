@@ -1,0 +1,361 @@
+"""The stream sampler, the extend node, prompt schedules and the image-to-video start.
+
+One chunk at a time: (scheduled / live prompt switch) → denoise (interrupt checked after every step) →
+decode with the persistent streaming decoder → record to the output folder → live preview event →
+progress. A graceful stop (/sf/stop) ends after the current chunk and returns everything made so far.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import torch
+
+from sf_core.frame_recorder import FrameRecorder, to_uint8_frames
+from sf_core.pipeline import PromptSwitch, StreamingPipeline
+from sf_core.schedule import chunks_for_frames, parse_schedule, schedule_switches
+from sf_core.vae import pipeline_to_comfy
+
+from . import live
+from .handles import (CATEGORY, CONTEXT_TYPE, MODEL_TYPE, SCHEDULE_TYPE, START_TYPE, STREAM_TYPE, VAE_TYPE,
+                      SFSchedule, SFStart, SFStream, decoder_state, store_decoder_state)
+
+RECORD_CHOICES = ["mp4", "png", "none"]
+LENGTH_UNITS = ["seconds", "frames", "chunks"]
+OUTPUTS = ("LATENT", "IMAGE", STREAM_TYPE, "STRING")
+OUTPUT_NAMES = ("latent", "images", "sf_stream", "report")
+
+
+def stream_config_for(base, chunk_frames: int, steps: int, cache_window: int, cache_sink: int):
+    """The checkpoint's stream config with the sampler's overrides (0 / -1 keep the checkpoint's value)."""
+    changes = {}
+    if chunk_frames > 0:
+        changes["chunk_frames"] = chunk_frames
+    if steps > 0:
+        changes["denoising_steps"] = tuple(1000.0 * (steps - i) / steps for i in range(steps))
+    if cache_window == -1:
+        changes.update(window=-1, sink=0)
+    elif cache_window > 0:
+        changes["window"] = cache_window
+    if cache_sink >= 0:
+        changes["sink"] = cache_sink
+    config = dataclasses.replace(base, **changes)
+    if config.window != -1 and config.chunk_frames > config.window - config.sink:
+        raise ValueError(f"a chunk of {config.chunk_frames} latent frames does not fit a rolling cache window of "
+                         f"{config.window} frames with {config.sink} sink frames; use a window of at least "
+                         f"{config.chunk_frames + config.sink}")
+    if config.window == -1 and config.sink:
+        raise ValueError("a cache sink needs a rolling window: set cache_window > 0 or cache_sink to 0")
+    return config
+
+
+def ensure_global_capacity(state, frames_needed: int) -> None:
+    """Grow a global (never evicting) KV cache so it holds `frames_needed` latent frames.
+
+    Attention reads everything a global cache holds, so growing it changes no result.
+    """
+    cache = state.cache
+    need = frames_needed * cache.frame_tokens
+    if cache.rolling or need <= cache.capacity:
+        return
+    extra = need - cache.capacity
+    pad = lambda t: torch.cat([t, t.new_zeros((*t.shape[:2], extra, *t.shape[3:]))], dim=2)  # noqa: E731
+    cache.k, cache.v = pad(cache.k), pad(cache.v)
+
+
+def _output_path(prefix: str, record: str, width: int, height: int) -> str | None:
+    if record == "none":
+        return None
+    import folder_paths
+
+    folder, name, counter, _, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_output_directory(),
+                                                                    width, height)
+    return os.path.join(folder, f"{name}_{counter:05}" + (".mp4" if record == "mp4" else ""))
+
+
+def run_stream(stream: SFStream, num_chunks: int, node_id, record: str, filename_prefix: str,
+               switches: dict[int, PromptSwitch] | None = None, live_recache: bool = False,
+               start_latents: torch.Tensor | None = None):
+    """Advance `stream` (whose state this call owns) by up to `num_chunks` chunks -> node outputs."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    state, model = stream.state, stream.model
+    pipeline = StreamingPipeline(model.model, stream.config, model.device, model.dtype)
+    decoder = stream.vae.fresh_decoder(decoder_state(state.extras))
+    height, width = 8 * state.latent_height, 8 * state.latent_width
+    path = _output_path(filename_prefix, record, width, height)
+    recorder = FrameRecorder(path, stream.fps, record) if path else None
+    progress = comfy.utils.ProgressBar(num_chunks, node_id=node_id)
+    check = lambda step, steps: mm.throw_exception_if_processing_interrupted()  # noqa: E731
+
+    latents, frames, notes, latencies = [], [], [], []
+    lead_frames = None
+    if start_latents is not None:  # the start image passes through the decoder first (its causal cache)
+        lead_frames = decoder.decode_chunk(start_latents.to(model.device))
+    reason = "interrupted"
+    node = str(node_id)
+    live.MAILBOX.begin(node, kind="stream", chunks=num_chunks, chunk_index=state.chunk_index)
+    try:
+        for made in range(num_chunks):
+            mm.throw_exception_if_processing_interrupted()
+            if made and live.MAILBOX.stop_requested(node):
+                break
+            switch = (switches or {}).get(state.chunk_index)
+            if switch is not None:
+                pipeline.switch_prompt(state, switch.context, switch.recache)
+            if (text := live.MAILBOX.take_prompt(node)) is not None:
+                pipeline.switch_prompt(state, stream.context.encode_prompt(text), live_recache)
+                notes.append(f"chunk {state.chunk_index}: {text!r}")
+            started = time.perf_counter()
+            chunk = pipeline.step(state, callback=check)
+            decoded = decoder.decode_chunk(chunk.latents)  # [B, T, 3, H, W] in [-1, 1]
+            if lead_frames is not None:
+                decoded, lead_frames = torch.cat([lead_frames.to(decoded), decoded], dim=1), None
+            latencies.append((time.perf_counter() - started) * 1000)
+            latents.append(chunk.latents.float().cpu())
+            frames.append(decoded.float().cpu())
+            stream.frames += decoded.shape[1]
+            pixels = to_uint8_frames(decoded[0])
+            if recorder is not None:
+                recorder.write(pixels)
+            live.send_chunk_preview(node, chunk.index, pixels, stream.fps, latencies[-1],
+                                    cache_frames=state.cache.frames_held, total_frames=stream.frames)
+            live.MAILBOX.update(node, chunk_index=chunk.index)
+            progress.update(1)
+        reason = "finished" if len(latents) == num_chunks else "stopped"
+    finally:
+        if recorder is not None:
+            recorder.close()
+        live.send_stream_done(node, len(latents), stream.frames, reason)
+        live.MAILBOX.end(node)
+
+    store_decoder_state(state.extras, decoder)
+    raw = pipeline_to_comfy(torch.cat(latents, dim=1))                        # [B, C, F, h, w]
+    video = torch.cat(frames, dim=1)                                          # [B, T, 3, H, W]
+    images = ((video.flatten(0, 1).permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1)  # [B·T, H, W, 3]
+    report = (f"{reason}: {len(latents)}/{num_chunks} chunks, {video.shape[1]} frames {width}×{height} at "
+              f"{stream.fps:g} fps (stream total {stream.frames} frames, next chunk {state.chunk_index}); "
+              f"mean chunk latency {sum(latencies) / len(latencies):.0f} ms; KV cache holds "
+              f"{state.cache.frames_held} latent frames")
+    if path:
+        report += f"\nrecording: {path}"
+    if notes:
+        report += "\nlive prompt switches: " + "; ".join(notes)
+    return {"ui": {"text": [report]}, "result": ({"samples": raw}, images, stream, report)}
+
+
+def _record_inputs():
+    return {
+        "record": (RECORD_CHOICES, {"tooltip": "Write every chunk to the output folder as it is decoded, so an "
+                                                "interrupted or stopped run keeps its frames. mp4 (H.264, "
+                                                "fragmented) or a PNG sequence."}),
+        "filename_prefix": ("STRING", {"default": "self_forcing/stream"}),
+        "live_recache": ("BOOLEAN", {"default": True, "tooltip": "When a prompt is switched live from the preview "
+                                                                   "widget, re-encode the cached frames under the "
+                                                                   "new prompt (faster reaction, small jump)."}),
+    }
+
+
+class SFStreamSampler:
+    DESCRIPTION = ("Generates a video chunk by chunk with a causal (Self Forcing) model, streaming each decoded chunk "
+                   "to the preview on this node. Stop (graceful) and live prompt switches work from the preview "
+                   "widget; Cancel interrupts between denoising steps. Outputs the raw LATENT, the frames, and a "
+                   "stream state that 'SF Stream Extend' continues exactly.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = OUTPUTS
+    RETURN_NAMES = OUTPUT_NAMES
+    OUTPUT_NODE = True
+    SF_LIVE_PREVIEW = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "sf_model": (MODEL_TYPE,),
+                "sf_context": (CONTEXT_TYPE,),
+                "sf_vae": (VAE_TYPE,),
+                "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16,
+                                  "tooltip": "Multiple of 16. Self Forcing was trained at 832×480."}),
+                "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
+                "length": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100000.0, "step": 0.5,
+                                     "tooltip": "How much to generate, in the unit below (rounded up to whole chunks)."}),
+                "length_unit": (LENGTH_UNITS,),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 63 - 1}),
+                "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0,
+                                  "tooltip": "Playback rate of the preview and the recording (Wan2.1: 16)."}),
+                "chunk_frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Latent frames per chunk "
+                                         "(1 latent = 4 video frames). 0: the checkpoint's (3 for Self Forcing)."}),
+                "steps": ("INT", {"default": 0, "min": 0, "max": 50, "tooltip": "Denoising steps per chunk. 0: the "
+                                  "checkpoint's (4 for Self Forcing)."}),
+                "cache_window": ("INT", {"default": 0, "min": -1, "max": 4096, "tooltip": "KV cache: 0 = the "
+                                         "checkpoint's setting, -1 = keep everything (memory grows with length), "
+                                         "N = rolling window of N latent frames (bounded memory, endless streams)."}),
+                "cache_sink": ("INT", {"default": -1, "min": -1, "max": 4096, "tooltip": "First latent frames kept "
+                                       "forever in a rolling window (attention sink). -1: the checkpoint's."}),
+                **_record_inputs(),
+            },
+            "optional": {
+                "schedule": (SCHEDULE_TYPE, {"tooltip": "Prompt switches from 'SF Prompt Schedule'."}),
+                "start": (START_TYPE, {"tooltip": "A start image from 'SF Image To Video Start'."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # live control makes every run different
+
+    def sample(self, sf_model, sf_context, sf_vae, width, height, length, length_unit, seed, fps, chunk_frames,
+               steps, cache_window, cache_sink, record, filename_prefix, live_recache, schedule=None, start=None,
+               unique_id=None):
+        import comfy.model_management as mm
+
+        config = stream_config_for(sf_model.stream_config, chunk_frames, steps, cache_window, cache_sink)
+        frames = round(length * fps) if length_unit == "seconds" else round(length)
+        num_chunks = max(1, frames) if length_unit == "chunks" else chunks_for_frames(frames, config.chunk_frames)
+        initial = None
+        if start is not None:
+            if (start.height, start.width) != (height, width):
+                raise ValueError(f"the start image was encoded at {start.width}×{start.height}, the sampler runs at "
+                                 f"{width}×{height}; use the same size in both nodes")
+            initial = start.latents
+        pipeline = StreamingPipeline(sf_model.model, config, sf_model.device, sf_model.dtype)
+        prefill = 0 if initial is None else initial.shape[1]
+        mm.soft_empty_cache()
+        state = pipeline.start(sf_context.embedding, height, width, seed=seed, initial_latents=initial,
+                               max_frames=prefill + num_chunks * config.chunk_frames)
+        stream = SFStream(state, sf_model, sf_vae, sf_context, config, fps)
+        switches = resolve_schedule(schedule, sf_context.embedding, fps, config, first_chunk=0)
+        return run_stream(stream, num_chunks, unique_id, record, filename_prefix, switches, live_recache, initial)
+
+
+def resolve_schedule(schedule: SFSchedule | None, base, fps, config, first_chunk) -> dict[int, PromptSwitch]:
+    if schedule is None:
+        return {}
+    return schedule_switches(schedule.entries, schedule.embeddings, base, fps, config.chunk_frames, first_chunk,
+                             schedule.blend_chunks, schedule.recache)
+
+
+class SFStreamExtend:
+    DESCRIPTION = ("Continues a stream exactly where it ended (KV cache, VAE cache, noise, position): the same prompt "
+                   "or a new one, optionally re-caching the recent frames under the new prompt. Chain as many as you "
+                   "like; the input stream is never changed.")
+    CATEGORY = CATEGORY
+    FUNCTION = "extend"
+    RETURN_TYPES = OUTPUTS
+    RETURN_NAMES = OUTPUT_NAMES
+    OUTPUT_NODE = True
+    SF_LIVE_PREVIEW = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "sf_stream": (STREAM_TYPE,),
+                "length": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100000.0, "step": 0.5}),
+                "length_unit": (LENGTH_UNITS, {"default": "seconds"}),
+                "recache": ("BOOLEAN", {"default": False, "tooltip": "With a new prompt: re-encode the cached frames "
+                                                                      "under it, so the old prompt stops steering."}),
+                **_record_inputs(),
+            },
+            "optional": {
+                "sf_context": (CONTEXT_TYPE, {"tooltip": "New prompt; leave empty to keep the stream's prompt."}),
+                "schedule": (SCHEDULE_TYPE, {"tooltip": "Prompt switches, timed from the start of this extension."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")
+
+    def extend(self, sf_stream, length, length_unit, recache, record, filename_prefix, live_recache,
+               sf_context=None, schedule=None, unique_id=None):
+        config = sf_stream.config
+        if length_unit == "chunks":
+            num_chunks = max(1, round(length))
+        else:
+            frames = round(length * sf_stream.fps) if length_unit == "seconds" else round(length)
+            num_chunks = max(1, -(-frames // (4 * config.chunk_frames)))
+        stream = dataclasses.replace(sf_stream, state=sf_stream.state.fork(), info=dict(sf_stream.info))
+        state = stream.state
+        ensure_global_capacity(state, state.next_frame + num_chunks * config.chunk_frames)
+        switches = {}
+        if sf_context is not None:
+            stream.context = sf_context
+            switches[state.chunk_index] = PromptSwitch(sf_context.embedding, recache)
+        switches.update(resolve_schedule(schedule, stream.context.embedding, stream.fps, config, state.chunk_index))
+        return run_stream(stream, num_chunks, unique_id, record, filename_prefix, switches, live_recache)
+
+
+class SFPromptSchedule:
+    DESCRIPTION = ("Prompt switches at given times, one per line: '0s: a cat', '4.5s: a dog', or 'chunk 6: a bird'. "
+                   "Connect to a stream sampler or extend node; times count from that node's first chunk.")
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = (SCHEDULE_TYPE,)
+    RETURN_NAMES = ("schedule",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "sf_context": (CONTEXT_TYPE, {"tooltip": "Its text encoder encodes the scheduled prompts."}),
+            "schedule": ("STRING", {"multiline": True, "default": "0s: a red fox trotting through fresh snow\n"
+                                                                  "4s: the fox stops and looks at the camera"}),
+            "blend_chunks": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Spread each switch over this many "
+                                     "chunks, moving the prompt embedding gradually (0 or 1: hard switch)."}),
+            "recache": ("BOOLEAN", {"default": False, "tooltip": "Re-encode the cached frames under each new prompt."}),
+        }}
+
+    def build(self, sf_context, schedule, blend_chunks, recache):
+        entries = parse_schedule(schedule)
+        embeddings = {e.prompt: sf_context.encode_prompt(e.prompt) for e in entries}
+        return (SFSchedule(entries, embeddings, blend_chunks, recache),)
+
+
+class SFImageToVideoStart:
+    DESCRIPTION = ("Starts a stream from an image: the image is encoded with the Wan2.1 VAE and pushed through the "
+                   "model's KV cache before the first chunk (needs a full VAE, not a tiny decoder).")
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = (START_TYPE,)
+    RETURN_NAMES = ("start",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "sf_vae": (VAE_TYPE,),
+            "image": ("IMAGE", {"tooltip": "The first frame; resized and centre-cropped to width × height."}),
+            "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
+        }}
+
+    def encode(self, sf_vae, image, width, height):
+        import comfy.utils
+
+        if sf_vae.encoder is None:
+            raise ValueError(f"{sf_vae.name!r} cannot encode images (tiny decoder or decoder-only file); load the full "
+                             "Wan2.1 VAE (wan_2.1_vae.safetensors) with 'SF VAE Loader' or use 'SF VAE From Native'")
+        if width % 16 or height % 16:
+            raise ValueError(f"width and height must be multiples of 16, got {width}×{height}")
+        pixels = comfy.utils.common_upscale(image[:1, :, :, :3].movedim(-1, 1), width, height, "bilinear", "center")
+        param = next(sf_vae.encoder.parameters())
+        frames = (pixels * 2 - 1).unsqueeze(1).to(param)  # [1, 1, 3, H, W] in [-1, 1]
+        return (SFStart(sf_vae.encoder.encode_video(frames).float(), height, width),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "SFStreamSampler": SFStreamSampler,
+    "SFStreamExtend": SFStreamExtend,
+    "SFPromptSchedule": SFPromptSchedule,
+    "SFImageToVideoStart": SFImageToVideoStart,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SFStreamSampler": "SF Stream Sampler",
+    "SFStreamExtend": "SF Stream Extend",
+    "SFPromptSchedule": "SF Prompt Schedule",
+    "SFImageToVideoStart": "SF Image To Video Start",
+}
