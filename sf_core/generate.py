@@ -1,0 +1,510 @@
+"""`python -m sf_core.generate` / `sf-generate`: stream a video from a prompt to an mp4, chunk by chunk.
+
+Flow: resolve options into a `Plan` (no model loaded; `--dry-run` prints it) → load the bundle → encode
+every prompt once → stream chunks through the DiT, decode each, append it to the mp4 at once.
+Ctrl-C finishes the chunk in progress and closes the file; a second Ctrl-C stops at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from . import assets
+from .assets import ModelFiles
+from .bundle import FileProblem, check_file, frames_per_chunk, load_bundle, problem, spatial_stride
+from .config import StreamConfig
+from .cache import KVCache
+from .pipeline import PromptSwitch, StreamingPipeline
+from .recording import VideoRecorder, channels_last
+from .state import StateError, StreamState
+
+EXAMPLES = """\
+examples:
+  # the embedded default model: no downloads, seconds on a CPU
+  python -m sf_core.generate --out demo.mp4
+
+  # the real Self-Forcing model with ComfyUI's usual files
+  python -m sf_core.generate --prompt "A red fox runs through deep snow" \\
+      --checkpoint ComfyUI/models/diffusion_models/self_forcing_dmd.pt \\
+      --text-encoder ComfyUI/models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors \\
+      --vae ComfyUI/models/vae/wan_2.1_vae.safetensors --seconds 10 --out fox.mp4
+
+  # the same, looking the usual file names up in a ComfyUI models folder, with the tiny preview decoder
+  python -m sf_core.generate --models-dir ComfyUI/models --decoder tiny --prompt "..." --until-stopped
+
+  # change the prompt at 5 s and again at chunk 8 (re-encoding the cache under the new prompt)
+  python -m sf_core.generate --prompt "a cat sleeps" --prompt-at 5s "the cat wakes up" \\
+      --prompt-at c8 "the cat jumps off the sofa" --recache --seconds 12
+
+  # continue a saved stream later
+  python -m sf_core.generate --chunks 7 --save-state s.safetensors --out part1.mp4
+  python -m sf_core.generate --chunks 7 --resume-state s.safetensors --out part2.mp4
+
+Missing or wrong files end with one line naming the file and exit code 2. ComfyUI keeps the DiT in
+models/diffusion_models, umT5 in models/text_encoders, the VAE in models/vae, TAEHV in models/vae_approx.
+"""
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+OFFICIAL_CHUNKS = 7  # 21 latent frames, the official clip length (81 frames)
+UNTIL_STOPPED_WINDOW = 21
+
+
+class UsageError(ValueError):
+    """Options that do not fit together; printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sf-generate", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Stream a Self-Forcing video from a text prompt into an mp4, chunk by chunk. With no model "
+                    "options it runs the project's embedded default model (no downloads).")
+    g = p.add_argument_group("prompt")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="text prompt (default: the model's suggested prompt)")
+    src.add_argument("--prompt-file", type=Path, help="read the prompt from this text file (whole file, stripped)")
+    g.add_argument("--prompt-at", nargs=2, action="append", default=[], metavar=("WHEN", "PROMPT"),
+                   help="switch to PROMPT at WHEN: seconds into this run ('5s', '2.5s') or a chunk index of this "
+                        "run ('c4'); a time switches at the first chunk starting at or after it. Repeatable")
+    g.add_argument("--recache", action="store_true",
+                   help="on a prompt switch, re-encode the cached frames under the new prompt (faster change)")
+
+    g = p.add_argument_group("model files (all default to the embedded model)")
+    g.add_argument("--checkpoint", type=Path, help="causal Wan2.1 DiT: self_forcing_dmd.pt, .safetensors, "
+                                                   "diffusers or ComfyUI layouts (models/diffusion_models)")
+    g.add_argument("--text-encoder", type=Path, help="umT5-XXL: umt5_xxl_*.safetensors or "
+                                                     "models_t5_umt5-xxl-enc-bf16.pth (models/text_encoders)")
+    g.add_argument("--vae", type=Path, help="Wan2.1 VAE: wan_2.1_vae.safetensors or Wan2.1_VAE.pth (models/vae)")
+    g.add_argument("--decoder", choices=("vae", "tiny"), default=None,
+                   help="full Wan2.1 VAE (default) or the tiny TAEHV preview decoder (needs --taehv or --models-dir)")
+    g.add_argument("--taehv", type=Path, help="TAEHV tiny decoder: taew2_1.safetensors / lighttaew2_1 "
+                                              "(models/vae_approx); implies --decoder tiny")
+    g.add_argument("--models-dir", type=Path, help="a ComfyUI models folder: files not given are looked up there "
+                                                   "under their usual names (e.g. diffusion_models/self_forcing_dmd.pt)")
+    g.add_argument("--download", action="store_true",
+                   help="download the usual files that are missing from --models-dir (default ./models) from "
+                        "Hugging Face (needs huggingface-hub); nothing is ever downloaded without this flag")
+
+    g = p.add_argument_group("video")
+    g.add_argument("--width", type=int, help="pixels, a multiple of 16 for Wan (default: the model's, 832 for Wan)")
+    g.add_argument("--height", type=int, help="pixels, a multiple of 16 for Wan (default: the model's, 480 for Wan)")
+    n = g.add_mutually_exclusive_group()
+    n.add_argument("--seconds", type=float, help="length in seconds at --fps")
+    n.add_argument("--frames", type=int, help="length in frames (the last chunk is trimmed to fit)")
+    n.add_argument("--chunks", type=int, help=f"length in chunks (default {OFFICIAL_CHUNKS}: 81 frames with Wan)")
+    n.add_argument("--until-stopped", action="store_true",
+                   help="generate until Ctrl-C; every finished frame is kept (uses a rolling cache)")
+    g.add_argument("--fps", type=float, help="frame rate of the mp4 (default 16; the toy model's own rate)")
+    g.add_argument("--out", type=Path, default=Path("output.mp4"), help="mp4 to write (default output.mp4)")
+    g.add_argument("--png-dir", type=Path, help="also write every frame as frame_000000.png ... into this folder")
+
+    g = p.add_argument_group("sampling (defaults: the checkpoint's stored settings, else the official ones)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    g.add_argument("--chunk-frames", type=int, help="latent frames per chunk (3 chunk-wise, 1 frame-wise)")
+    g.add_argument("--steps", help="denoising steps: a count N (evenly spaced from 1000) or a list '1000,750,500,250'")
+    g.add_argument("--shift", type=float, help="flow-matching timestep shift (official 5.0)")
+    g.add_argument("--window", type=int, help="rolling KV-cache window in latent frames (-1 = global cache)")
+    g.add_argument("--sink", type=int, help="latent frames pinned at the start of a rolling cache")
+
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                   help="weights and activations (default: bfloat16 on CUDA, float32 on CPU)")
+    g.add_argument("--save-state", type=Path, help="save the stream state at the end (continue with --resume-state)")
+    g.add_argument("--resume-state", type=Path, help="continue a stream saved with --save-state (same model files)")
+    g.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    return p
+
+
+@dataclass
+class Plan:
+    files: ModelFiles
+    prompt: str
+    prompt_given: bool                        # --prompt / --prompt-file (else the model's suggestion)
+    recache: bool
+    switches: dict[int, tuple[str, bool]]     # chunk of this run -> (prompt, recache)
+    width: int
+    height: int
+    fps: float
+    chunks: int | None                        # None: until stopped
+    frame_limit: int | None                   # trim the video to this many frames
+    stream: StreamConfig
+    stream_source: str
+    seed: int
+    device: str
+    dtype: torch.dtype
+    out: Path
+    png_dir: Path | None
+    save_state: Path | None
+    resume_state: Path | None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        s = self.stream
+        rows = [
+            ("model", self.files.description or "user files"),
+            ("checkpoint", self.files.checkpoint),
+            ("text encoder", self.files.text_encoder or f"{self.files.text_kind} {self.files.toy_text}"),
+            ("decoder", f"{self.files.decoder_kind}: {self.files.decoder or 'built in'}"),
+            ("prompt", self.prompt),
+            *((f"prompt at chunk {k}", f"{p!r}" + (" (recache)" if r else "")) for k, (p, r) in sorted(self.switches.items())),
+            ("size", f"{self.width}x{self.height}"),
+            ("length", "until stopped (Ctrl-C)" if self.chunks is None else
+             f"{self.chunks} chunks" + (f", trimmed to {self.frame_limit} frames" if self.frame_limit else "")),
+            ("fps", self.fps),
+            ("stream", f"chunk_frames={s.chunk_frames} steps={list(s.denoising_steps)} shift={s.shift} "
+                       f"window={s.window} sink={s.sink} ({self.stream_source})"),
+            ("seed", self.seed), ("device", self.device), ("dtype", str(self.dtype).replace("torch.", "")),
+            ("out", self.out), ("png dir", self.png_dir), ("save state", self.save_state),
+            ("resume state", self.resume_state),
+        ]
+        lines = [f"{k:>16}: {v}" for k, v in rows if v is not None]
+        return "\n".join(lines + [f"{'note':>16}: {n}" for n in self.notes])
+
+
+def parse_when(text: str) -> tuple[str, float]:
+    """'5s' / '2.5s' -> ("s", 5.0); 'c4' -> ("c", 4)."""
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*s|c(\d+))\s*", text.lower())
+    if not m:
+        raise UsageError(f"--prompt-at {text!r}: expected seconds like '5s' or '2.5s', or a chunk index like 'c4'")
+    return ("s", float(m.group(1))) if m.group(1) is not None else ("c", int(m.group(2)))
+
+
+def chunk_start_frames(decoder_first: int, decoder_later: int, chunk: int) -> int:
+    """First video frame of `chunk` (of this run) when chunk 0 gives `decoder_first` frames, later ones `decoder_later`."""
+    return 0 if chunk == 0 else decoder_first + (chunk - 1) * decoder_later
+
+
+def chunk_at_time(seconds: float, fps: float, first: int, later: int) -> int:
+    """The first chunk whose first frame is at or after `seconds`."""
+    frame = seconds * fps
+    if frame <= 0:
+        return 0
+    return 1 + max(0, math.ceil((frame - first) / later - 1e-9))
+
+
+def chunks_for_frames(frames: int, first: int, later: int) -> int:
+    return 1 if frames <= first else 1 + math.ceil((frames - first) / later)
+
+
+def parse_steps(text: str) -> tuple[float, ...]:
+    try:
+        if "," in text:
+            steps = tuple(float(s) for s in text.split(",") if s.strip())
+        else:
+            n = int(text)
+            if n < 1:
+                raise ValueError
+            steps = tuple(1000.0 * (n - i) / n for i in range(n))
+    except ValueError:
+        raise UsageError(f"--steps {text!r}: expected a positive count like 4 or a list like 1000,750,500,250") from None
+    if not steps or any(not 0 < s <= 1000 for s in steps):
+        raise UsageError(f"--steps {text!r}: every step must lie in (0, 1000]")
+    return steps
+
+
+def _stored_stream_config(path: Path) -> StreamConfig | None:
+    """The `sf_stream` metadata of a safetensors checkpoint (header only; None for other formats)."""
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            return StreamConfig.from_metadata(f.metadata())
+    except Exception:  # noqa: BLE001 - not safetensors, or unreadable: the loader reports it later
+        return None
+
+
+def resolve_files(args) -> ModelFiles:
+    given = {"checkpoint": args.checkpoint, "text_encoder": args.text_encoder, "vae": args.vae, "taehv": args.taehv}
+    tiny = args.decoder == "tiny" or args.taehv is not None
+    if args.decoder == "vae" and args.taehv is not None:
+        raise UsageError("--decoder vae and --taehv contradict each other")
+    if not any(given.values()) and args.models_dir is None and not args.download:
+        files = assets.default_model()
+        if tiny:
+            raise UsageError("the embedded default model has its own decoder; --decoder tiny needs real files")
+        return files
+    models_dir = args.models_dir or Path("models")
+    needed = ["checkpoint", "text_encoder", "taehv" if tiny else "vae"]
+    for role in needed:
+        if given[role] is None:
+            given[role] = assets.find_in_models_dir(models_dir, role)
+        if given[role] is None and args.download:
+            given[role] = assets.download_official(models_dir, role)
+    missing = [r for r in needed if given[r] is None]
+    if missing:
+        names = "; ".join(f"--{r.replace('_', '-')} (e.g. {models_dir}/{assets.OFFICIAL_FILES[r][0]}/"
+                          f"{assets.OFFICIAL_FILES[r][1][0]})" for r in missing)
+        raise UsageError(f"missing model file(s): {names}; give them, point --models-dir at a ComfyUI models "
+                         "folder holding them, add --download, or give no model option for the embedded model")
+    return ModelFiles(checkpoint=given["checkpoint"], text_encoder=given["text_encoder"],
+                      decoder=given["taehv"] if tiny else given["vae"], decoder_kind="taehv" if tiny else "vae",
+                      defaults={"width": 832, "height": 480, "fps": 16, "chunks": OFFICIAL_CHUNKS})
+
+
+def resolve(args) -> Plan:
+    """All options resolved against the model's defaults; loads nothing large."""
+    files = resolve_files(args)
+    d, notes = files.defaults, []
+    if args.prompt_file is not None:
+        try:
+            prompt = args.prompt_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"--prompt-file {args.prompt_file}: cannot read it ({exc.strerror})") from None
+    else:
+        prompt = args.prompt if args.prompt is not None else d.get("prompt", "")
+    toy = files.decoder_kind == "toy_pixels"
+    first_per_latent = (lambda f: f) if toy else (lambda f: 1 + 4 * (f - 1))
+    later_per_latent = (lambda f: f) if toy else (lambda f: 4 * f)
+
+    if args.resume_state is not None:
+        check_file_state(args.resume_state)
+    stored = _stored_stream_config(files.checkpoint) if files.checkpoint.is_file() else None
+    stream, source = (stored, "checkpoint metadata") if stored else (StreamConfig(), "official defaults")
+    overrides = {k: v for k, v in (("chunk_frames", args.chunk_frames), ("shift", args.shift),
+                                   ("window", args.window), ("sink", args.sink)) if v is not None}
+    if args.steps is not None:
+        overrides["denoising_steps"] = parse_steps(args.steps)
+    if overrides:
+        stream, source = replace(stream, **overrides), source + " + command line"
+    if args.until_stopped and stream.window == -1:
+        stream = replace(stream, window=UNTIL_STOPPED_WINDOW)
+        notes.append(f"--until-stopped needs a rolling cache: using --window {UNTIL_STOPPED_WINDOW}")
+    if stream.chunk_frames < 1:
+        raise UsageError(f"--chunk-frames must be at least 1, got {stream.chunk_frames}")
+
+    fps = args.fps or d.get("fps", 16)
+    if fps <= 0:
+        raise UsageError(f"--fps must be positive, got {fps}")
+    first, later = first_per_latent(stream.chunk_frames), later_per_latent(stream.chunk_frames)
+    frame_limit = None
+    if args.until_stopped:
+        chunks = None
+    elif args.chunks is not None:
+        chunks = args.chunks
+    elif args.frames is not None or args.seconds is not None:
+        frame_limit = args.frames if args.frames is not None else math.ceil(args.seconds * fps - 1e-9)
+        if frame_limit < 1:
+            raise UsageError("the requested length is less than one frame")
+        chunks = chunks_for_frames(frame_limit, first, later)
+        if frame_limit == first + (chunks - 1) * later:
+            frame_limit = None
+    else:
+        chunks = d.get("chunks", OFFICIAL_CHUNKS)
+    if chunks is not None and chunks < 1:
+        raise UsageError(f"--chunks must be at least 1, got {chunks}")
+
+    switches = {}
+    for when, text in args.prompt_at:
+        unit, value = parse_when(when)
+        k = int(value) if unit == "c" else chunk_at_time(value, fps, first, later)
+        if chunks is not None and k >= chunks:
+            notes.append(f"--prompt-at {when} falls at chunk {k}, after the last chunk ({chunks - 1}): ignored")
+            continue
+        switches[k] = (text, args.recache)
+    if 0 in switches and args.resume_state is None:
+        prompt = switches.pop(0)[0]
+
+    width, height = args.width or d.get("width", 832), args.height or d.get("height", 480)
+    multiple = 4 if toy else 16
+    if width <= 0 or height <= 0 or width % multiple or height % multiple:
+        raise UsageError(f"--width/--height must be positive multiples of {multiple}, got {width}x{height}; "
+                         f"nearest: {max(multiple, round(width / multiple) * multiple)}x"
+                         f"{max(multiple, round(height / multiple) * multiple)}")
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        dtype = DTYPES[args.dtype]
+    return Plan(files, prompt, args.prompt is not None or args.prompt_file is not None, args.recache, switches, width, height, fps, chunks, frame_limit, stream, source, args.seed,
+                device, dtype, args.out, args.png_dir, args.save_state, args.resume_state, notes)
+
+
+def check_file_state(path: Path) -> None:
+    if not path.is_file():
+        raise UsageError(f"--resume-state {path}: not found (write one with --save-state)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running
+
+
+class GracefulStop:
+    """First Ctrl-C: finish the chunk in progress, then stop. Second Ctrl-C: KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "GracefulStop":
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after the chunk in progress (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+class Progress:
+    """A tqdm bar on a terminal; one plain line per chunk otherwise (logs, pipes, tests)."""
+
+    def __init__(self, total: int | None):
+        self.interactive = sys.stderr.isatty()
+        self.bar = None
+        if self.interactive:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="chunk", file=sys.stderr, dynamic_ncols=True)
+        self.frames, self.seconds = 0, 0.0
+
+    def chunk(self, index: int, frames: int, seconds: float) -> None:
+        self.frames += frames
+        self.seconds += seconds
+        fps = frames / seconds if seconds > 0 else float("inf")
+        mean = self.frames / self.seconds if self.seconds > 0 else float("inf")
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{fps:.1f} fps, {seconds * 1000:.0f} ms/chunk, {self.frames} frames")
+            self.bar.update(1)
+        else:
+            print(f"chunk {index}: {frames} frames ({self.frames} total) in {seconds:.3f} s = {fps:.1f} fps "
+                  f"(mean {mean:.1f} fps)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _encode(bundle, prompts: list[str], text_dim: int, files: ModelFiles) -> dict[str, torch.Tensor]:
+    unique = list(dict.fromkeys(prompts))
+    try:
+        context = bundle.encode(unique)
+    except ValueError as exc:  # e.g. a word outside the toy vocabulary
+        raise UsageError(str(exc)) from None
+    if context.shape[-1] != text_dim:
+        raise problem("text_encoder", files.text_encoder,
+                      f"produces {context.shape[-1]}-dim embeddings but the checkpoint expects text_dim {text_dim}")
+    return {p: context[i:i + 1] for i, p in enumerate(unique)}
+
+
+def run(plan: Plan) -> int:
+    decoder_dtype = plan.dtype if plan.device.startswith("cuda") else torch.float32
+    bundle = load_bundle(plan.files, plan.device, plan.dtype, decoder_dtype, plan.stream)
+    model, decoder = bundle.model, bundle.decoder
+    prompts = [plan.prompt] + [p for p, _ in plan.switches.values()]
+    contexts = _encode(bundle, prompts, model.config.text_dim, plan.files)
+    bundle.encode = None  # the text encoder is no longer needed: free it
+
+    pipe = StreamingPipeline(model, plan.stream, device=plan.device, dtype=plan.dtype)
+    stride = spatial_stride(decoder)
+    h, w = plan.height // stride, plan.width // stride
+    if plan.resume_state is not None:
+        state = _resume(plan, pipe, decoder, contexts)
+    else:
+        max_frames = (plan.chunks or 1) * plan.stream.chunk_frames
+        state = pipe.start(contexts[plan.prompt], h * 8, w * 8, seed=plan.seed, max_frames=max_frames)
+        state.info["decoder"] = plan.files.decoder_kind
+    base = state.chunk_index
+    switches = {base + k: PromptSwitch(contexts[p], r) for k, (p, r) in plan.switches.items()}
+
+    print(f"writing {plan.out}" + (f" and {plan.png_dir}/" if plan.png_dir else ""), file=sys.stderr, flush=True)
+    progress = Progress(plan.chunks)
+    recorder = VideoRecorder(plan.out, plan.fps, plan.png_dir, first_index=state.info.get("frames_written", 0))
+    interrupted = False
+    try:
+        with GracefulStop() as stop:
+            started = time.perf_counter()
+            for chunk in pipe.stream(state, plan.chunks, switches):
+                frames = decoder.decode_chunk(chunk.latents)[0]  # [T, 3, H, W] in [-1, 1]
+                if plan.frame_limit is not None:
+                    frames = frames[: plan.frame_limit - recorder.frames_written]
+                recorder.write(channels_last(frames))
+                now = time.perf_counter()
+                progress.chunk(chunk.index - base, frames.shape[0], now - started)
+                started = now
+                if stop.requested:
+                    break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        recorder.close()
+        progress.close()
+    made = state.chunk_index - base
+    print(f"wrote {recorder.frames_written} frames ({made} chunks) to {plan.out}", flush=True)
+    if plan.save_state is not None:
+        if interrupted:
+            print("state not saved: stopped in the middle of a chunk", file=sys.stderr)
+        else:
+            state.extras = {"vae." + k: v for k, v in decoder.state_dict().items()}
+            state.info["frames_written"] = state.info.get("frames_written", 0) + recorder.frames_written
+            state.save(plan.save_state)
+            print(f"saved the stream state to {plan.save_state}", file=sys.stderr)
+    return 130 if interrupted else 0
+
+
+def _resume(plan: Plan, pipe: StreamingPipeline, decoder, contexts) -> StreamState:
+    try:
+        state = StreamState.load(plan.resume_state, device=plan.device, dtype=plan.dtype)
+    except StateError as exc:
+        raise UsageError(str(exc)) from None
+    saved = json.loads(state.info.get("stream", "{}"))
+    for key in ("chunk_frames", "window", "sink"):
+        if key in saved and saved[key] != getattr(plan.stream, key):
+            raise UsageError(f"--resume-state {plan.resume_state}: the stream was made with {key}={saved[key]}, "
+                             f"this run has {key}={getattr(plan.stream, key)}; they must match")
+    if state.info.get("decoder", plan.files.decoder_kind) != plan.files.decoder_kind:
+        raise UsageError(f"--resume-state {plan.resume_state}: made with decoder {state.info['decoder']!r}, "
+                         f"this run uses {plan.files.decoder_kind!r}")
+    vae_state = {k[len("vae."):]: v for k, v in state.extras.items() if k.startswith("vae.")}
+    decoder.load_state_dict(vae_state)
+    if plan.prompt_given:  # otherwise the saved prompt carries on
+        pipe.switch_prompt(state, contexts[plan.prompt], plan.recache)
+    if state.cache.window == -1 and plan.chunks is not None:
+        state.cache = _grown(state.cache, plan.chunks * plan.stream.chunk_frames)
+    return state
+
+
+def _grown(cache: KVCache, frames: int) -> KVCache:
+    """A global cache with room for `frames` more latent frames, holding the same entries."""
+    extra = frames * cache.frame_tokens
+    pad = lambda t: torch.cat([t[:, :, :cache.local_end], t.new_zeros(*t.shape[:2], extra, *t.shape[3:])], 2)  # noqa: E731
+    grown = KVCache(pad(cache.k), pad(cache.v), cache.cross_k, cache.cross_v, cache.frame_tokens, cache.window,
+                    cache.sink)
+    grown.global_end, grown.local_end, grown.cross_ready = cache.global_end, cache.local_end, cache.cross_ready
+    return grown
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        plan = resolve(args)
+        if args.dry_run:
+            print(plan.describe())
+            return 0
+        if plan.files.description:
+            print(f"model: {plan.files.description}", file=sys.stderr)
+        for note in plan.notes:
+            print(f"note: {note}", file=sys.stderr)
+        return run(plan)
+    except (FileProblem, UsageError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
