@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .attention import attention, masked_attention
 from .cache import KVCache
 from .config import ModelConfig
-from .rope import grid_freqs, apply_rope
+from .rope import fast_freqs, grid_freqs, rotate
 
 
 def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
@@ -60,13 +60,27 @@ def _gate(x: torch.Tensor, gate: torch.Tensor, frames: int) -> torch.Tensor:
     return (x.view(b, frames, length // frames, d) * gate).view(b, length, d)
 
 
-class Geometry:
-    """Token grid of one forward call: frames × (h × w) tokens starting at latent frame `start_frame`."""
+ROPE_MODES = ("exact", "fast")
 
-    def __init__(self, frames: int, height: int, width: int, start_frame: int, head_dim: int, device):
+
+def rope_freqs(frames: int, height: int, width: int, head_dim: int, start_frame: int, device,
+               mode: str = "exact") -> torch.Tensor:
+    """RoPE rotations of a token grid: exact complex128 [L, 1, head_dim/2], or fast float32 [L, 1, head_dim/2, 2]."""
+    freqs = grid_freqs(frames, height, width, head_dim, start_frame, device)
+    return freqs if mode == "exact" else fast_freqs(freqs)
+
+
+class Geometry:
+    """Token grid of one forward call: frames × (h × w) tokens starting at latent frame `start_frame`.
+    `freqs` may be given precomputed (e.g. a static buffer for CUDA-graph replay)."""
+
+    def __init__(self, frames: int, height: int, width: int, start_frame: int, head_dim: int, device,
+                 rope: str = "exact", freqs: torch.Tensor | None = None):
         self.frames, self.height, self.width, self.start_frame = frames, height, width, start_frame
         self.frame_tokens = height * width
-        self.freqs = grid_freqs(frames, height, width, head_dim, start_frame, device)  # [L, 1, head_dim/2]
+        if freqs is None:
+            freqs = rope_freqs(frames, height, width, head_dim, start_frame, device, rope)
+        self.freqs = freqs  # [L, 1, head_dim/2] complex, or [L, 1, head_dim/2, 2] float (fast mode)
 
 
 class SelfAttention(nn.Module):
@@ -80,8 +94,8 @@ class SelfAttention(nn.Module):
     def qkv(self, x: torch.Tensor, freqs: torch.Tensor):
         b, length, _ = x.shape
         shape = (b, length, self.num_heads, self.head_dim)
-        q = apply_rope(self.norm_q(self.q(x)).view(shape), freqs)
-        k = apply_rope(self.norm_k(self.k(x)).view(shape), freqs)
+        q = rotate(self.norm_q(self.q(x)).view(shape), freqs)
+        k = rotate(self.norm_k(self.k(x)).view(shape), freqs)
         return q, k, self.v(x).view(shape)
 
     def forward(self, x, geo: Geometry, cache: KVCache | None, layer: int):
@@ -180,12 +194,18 @@ class ImageEmbedding(nn.Module):
 
 
 class CausalWanModel(nn.Module):
-    """Wan2.1 DiT run causally: chunk-wise with a KV cache, or in parallel with a block-causal mask."""
+    """Wan2.1 DiT run causally: chunk-wise with a KV cache, or in parallel with a block-causal mask.
 
-    def __init__(self, config: ModelConfig, attention: str = "auto"):
+    `rope="fast"` opts into float32 RoPE (see sf_core/rope.py); the default "exact" is the official float64.
+    """
+
+    def __init__(self, config: ModelConfig, attention: str = "auto", rope: str = "exact"):
         super().__init__()
+        if rope not in ROPE_MODES:
+            raise ValueError(f"rope must be one of {ROPE_MODES}, got {rope!r}")
         cfg = self.config = config
         self.attention_backend = attention
+        self.rope = rope
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
                                             nn.Linear(cfg.dim, cfg.dim))
@@ -250,25 +270,45 @@ class CausalWanModel(nn.Module):
         to the cache (post-RoPE) and it attends to everything the cache holds plus itself.
         Without a cache, attention is bidirectional over x.
         """
-        tokens, grid = self.embed_video(x)
-        e, e0 = self.embed_time(t, grid[0])
-        # With autograd on trainable weights the cross-attention K/V are recomputed so gradients reach them.
-        trainable = torch.is_grad_enabled() and self.text_embedding[0].weight.requires_grad
-        cross_cache = cache if cache is not None and not trainable else None
-        ctx = None if cross_cache is not None and cross_cache.cross_ready else self.embed_text(context)
-        geo = Geometry(grid[0], grid[1], grid[2], start_frame, self.config.head_dim, tokens.device)
+        cross_cache = self.cross_cache_for(cache)
         if cache is not None:
-            if cache.frame_tokens != geo.frame_tokens:
-                raise ValueError(f"cache was allocated for {cache.frame_tokens} tokens per frame, "
-                                 f"this input has {geo.frame_tokens}; allocate a cache for this resolution")
-            cache.begin(start_frame * geo.frame_tokens, tokens.shape[1])
-        img = self._image_context(image_features)
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, ctx, geo, cache, i, image_context=img, cross_cache=cross_cache)
+            self.begin_cache(cache, x, start_frame)
+        out = self.forward_planned(x, t, context, cache, cross_cache, start_frame, image_features)
         if cache is not None:
             cache.end()
         if cross_cache is not None:
             cross_cache.cross_ready = True
+        return out
+
+    def cross_cache_for(self, cache: KVCache | None) -> KVCache | None:
+        """The cache whose cross-attention K/V may be used: none with autograd on trainable weights, so the
+        cross-attention K/V are recomputed and gradients reach them."""
+        trainable = torch.is_grad_enabled() and self.text_embedding[0].weight.requires_grad
+        return cache if cache is not None and not trainable else None
+
+    def begin_cache(self, cache: KVCache, x: torch.Tensor, start_frame: int) -> None:
+        """Plan this call's cache write (and evict, in rolling mode) for the chunk x [B, F, C, H, W]."""
+        frame_tokens = self.frame_tokens(x.shape[-2], x.shape[-1])
+        if cache.frame_tokens != frame_tokens:
+            raise ValueError(f"cache was allocated for {cache.frame_tokens} tokens per frame, "
+                             f"this input has {frame_tokens}; allocate a cache for this resolution")
+        cache.begin(start_frame * frame_tokens, x.shape[1] * frame_tokens)
+
+    def forward_planned(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None,
+                        cache: KVCache | None, cross_cache: KVCache | None, start_frame: int = 0,
+                        image_features: torch.Tensor | None = None,
+                        freqs: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor work of `forward`, after `begin_cache` (cache bookkeeping stays outside, so this part
+        has static shapes per cache plan and can be compiled or captured in a CUDA graph).
+        `freqs` overrides the RoPE rotations (precomputed for the chunk's positions)."""
+        tokens, grid = self.embed_video(x)
+        e, e0 = self.embed_time(t, grid[0])
+        ctx = None if cross_cache is not None and cross_cache.cross_ready else self.embed_text(context)
+        geo = Geometry(grid[0], grid[1], grid[2], start_frame, self.config.head_dim, tokens.device,
+                       self.rope, freqs)
+        img = self._image_context(image_features)
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, e0, ctx, geo, cache, i, image_context=img, cross_cache=cross_cache)
         return self.unpatchify(self.head(tokens, e), grid).to(x.dtype)
 
     # -- parallel forwards (training baselines, ODE regression, equivalence tests) ---------------------------
@@ -284,7 +324,7 @@ class CausalWanModel(nn.Module):
         frames, ft = grid[0], grid[1] * grid[2]
         block = chunk_frames * ft
         n = tokens.shape[1]
-        geo = Geometry(frames, grid[1], grid[2], 0, self.config.head_dim, tokens.device)
+        geo = Geometry(frames, grid[1], grid[2], 0, self.config.head_dim, tokens.device, self.rope)
         e, e0 = self.embed_time(t, frames)
         win = window * ft
         if clean_x is None:

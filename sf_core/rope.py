@@ -4,6 +4,10 @@ Channel pairs (2i, 2i+1) of a head are one complex number; the head's complex pa
 [t, h, w] = [d/2 - 2*(d//6), d//6, d//6] (22/21/21 for d = 128). The official code reads angles from a
 1024-row table; we evaluate the same formula for any integer position, which is bit-identical for
 positions 0..1023 and keeps working past the table end (see docs/api.md, "Positions past 1024").
+
+Opt-in fast mode (`rope="fast"` on the model): the same angles, stored as float32 (cos, sin) pairs and
+applied with real float32 arithmetic (no float64, no complex dtype; compiler-friendly). Its error against
+the exact path is below bf16 resolution (tests/test_speed.py, docs/performance.md).
 """
 from __future__ import annotations
 
@@ -59,3 +63,21 @@ def shift_temporal(k: torch.Tensor, frames: int, head_dim: int) -> torch.Tensor:
     kc = torch.view_as_complex(k.to(torch.float64).reshape(*shape[:-1], head_dim // 2, 2)).clone()
     kc[..., : dt // 2] *= rot
     return torch.view_as_real(kc).flatten(-2).to(k.dtype)
+
+
+def fast_freqs(freqs: torch.Tensor) -> torch.Tensor:
+    """Exact complex128 rotations [..., d/2] -> float32 (cos, sin) pairs [..., d/2, 2] for `apply_rope_fast`."""
+    return torch.view_as_real(freqs).to(torch.float32)
+
+
+def apply_rope_fast(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, L, heads, head_dim] by cos_sin [L, 1, head_dim//2, 2] in float32, cast back."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    a, b = pairs[..., 0], pairs[..., 1]
+    c, s = cos_sin[..., 0], cos_sin[..., 1]
+    return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(3).to(x.dtype)
+
+
+def rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Exact path for complex `freqs` (grid_freqs), fast path for float (cos, sin) pairs (fast_freqs)."""
+    return apply_rope(x, freqs) if freqs.is_complex() else apply_rope_fast(x, freqs)
