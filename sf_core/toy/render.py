@@ -91,22 +91,35 @@ def trajectories(batch: SceneBatch, t: torch.Tensor) -> tuple[torch.Tensor, torc
     return (torch.remainder(cx, 1.0).float(), torch.remainder(cy, 1.0).float(), r.float())
 
 
+def _signed_distance(shape: int, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Signed distance in pixels to one shape kind; dx [N, F, 1, W], dy [N, F, H, 1], r [N, F, 1, 1]."""
+    if shape == 0:
+        return torch.sqrt(dx * dx + dy * dy + 1e-12) - r
+    if shape == 1:
+        return torch.maximum(dx.abs(), dy.abs()) - r * _SQUARE_HALF
+    s3 = math.sqrt(3) / 2
+    return torch.maximum(torch.maximum(dy, -s3 * dx - 0.5 * dy), s3 * dx - 0.5 * dy) - r * _TRIANGLE_IN
+
+
 def coverage(cx: torch.Tensor, cy: torch.Tensor, size: torch.Tensor, shape: torch.Tensor,
              height: int, width: int) -> torch.Tensor:
     """Anti-aliased coverage of objects on a torus: cx, cy, size [B, K, F], shape [B, K] -> [B, K, F, H, W]."""
+    b, k, f = cx.shape
     unit = min(height, width)
-    px = (torch.arange(width, dtype=cx.dtype, device=cx.device) + 0.5).view(1, 1, 1, 1, width)
-    py = (torch.arange(height, dtype=cx.dtype, device=cx.device) + 0.5).view(1, 1, 1, height, 1)
-    dx = torch.remainder(px - cx[..., None, None] * width + width / 2, width) - width / 2   # [B, K, F, 1, W]
-    dy = torch.remainder(py - cy[..., None, None] * height + height / 2, height) - height / 2
-    r = size.clamp(min=0)[..., None, None] * unit
-    circle = torch.sqrt(dx * dx + dy * dy + 1e-12) - r
-    square = torch.maximum(dx.abs(), dy.abs()) - r * _SQUARE_HALF
-    s3 = math.sqrt(3) / 2
-    triangle = torch.maximum(torch.maximum(dy, -s3 * dx - 0.5 * dy), s3 * dx - 0.5 * dy) - r * _TRIANGLE_IN
-    sel = shape.view(*shape.shape, 1, 1, 1)
-    dist = torch.where(sel == 0, circle, torch.where(sel == 1, square, triangle))
-    return (0.5 - dist).clamp(0, 1) * (sel >= 0)
+    px = (torch.arange(width, dtype=cx.dtype, device=cx.device) + 0.5).view(1, 1, 1, width)
+    py = (torch.arange(height, dtype=cx.dtype, device=cx.device) + 0.5).view(1, 1, height, 1)
+    flat = shape.reshape(-1)
+    out = cx.new_zeros(b * k, f, height, width)
+    for kind in range(len(SHAPES)):
+        idx = (flat == kind).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        sel = lambda v: v.reshape(b * k, f)[idx][..., None, None]                          # [N, F, 1, 1]
+        dx = torch.remainder(px - sel(cx) * width + width / 2, width) - width / 2         # [N, F, 1, W]
+        dy = torch.remainder(py - sel(cy) * height + height / 2, height) - height / 2     # [N, F, H, 1]
+        dist = _signed_distance(kind, dx, dy, sel(size).clamp(min=0) * unit)
+        out = out.index_put((idx,), (0.5 - dist).clamp(0, 1))
+    return out.view(b, k, f, height, width)
 
 
 def background_image(background: torch.Tensor, height: int, width: int) -> torch.Tensor:
