@@ -96,8 +96,8 @@ class DataSection:
     tokenizer: str | None = None
     embeddings_cache: str | None = None  # folder; default <output_dir>/text_cache
     negative_prompt: str = NEGATIVE_PROMPT
-    ode_pairs: str | None = None         # safetensors with `trajectories` [N, K, F, C, h, w] + `contexts`/prompts
-    latents: str | None = None           # safetensors with `latents` [N, F, C, h, w] (GAN real data)
+    ode_pairs: str | None = None         # sf_core.train.ode_pairs file: `latents` [N, K, F, C, h, w]
+    latents: str | None = None           # `latents` [N, F, C, h, w] (+ `context` or prompts); GAN/TF/DF data
     batch_size: int = 1                  # per rank and micro-batch
     latent_frames: int = 21
     latent_height: int = 60

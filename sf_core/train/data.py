@@ -5,10 +5,10 @@ Every source is read through a `ShardedCursor`: a deterministic, epoch-shuffled 
 (global samples consumed), so a resumed run reads exactly the items an uninterrupted run would.
 
 File formats (safetensors):
-- ODE pairs: `trajectories` [N, K, F, C, h, w] (K points of the teacher's ODE, noise first, clean last),
-  plus either `contexts` [N, L, D] or metadata `prompts` (JSON list of N strings).
+- ODE pairs: the `sf_core.train.ode_pairs` format (`latents` [N, K, F, C, h, w], noise first, clean last;
+  optional `context` [N, L, D]; prompts in the `sf_ode` metadata).
 - Latents (GAN real data, teacher/diffusion forcing targets): `latents` [N, F, C, h, w], plus optional
-  `contexts` or metadata `prompts`.
+  `context` [N, L, D] or metadata `prompts` (JSON list of N strings).
 - Text-embedding cache: one file per prompt, `<sha256(encoder id, prompt)>.safetensors` holding
   `embedding` [n, D] (rows past the prompt's last token are zero and not stored).
 """
@@ -79,39 +79,47 @@ class EmbeddingCache:
 
 # -- datasets ------------------------------------------------------------------------------------------------
 class TensorFileDataset:
-    """Items of one big tensor in a safetensors file, with optional per-item contexts or prompts."""
+    """Items of one big tensor, with optional per-item contexts [N, L, D] or prompts (N strings)."""
 
-    def __init__(self, path: str | Path, key: str, item_dims: int):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"{self.path}: file not found")
-        with safe_open(str(self.path), "pt") as f:
-            keys = set(f.keys())
-            meta = f.metadata() or {}
-            if key not in keys:
-                raise DataError(f"{self.path}: tensor {key!r} missing (found {sorted(keys)})")
-            self.items = f.get_tensor(key)
-            self.contexts = f.get_tensor("contexts") if "contexts" in keys else None
-        if self.items.dim() != item_dims + 1 or self.items.shape[0] == 0:
-            raise DataError(f"{self.path}: {key!r} has shape {tuple(self.items.shape)}, expected {item_dims + 1} "
-                            f"dims with N >= 1 items first")
-        self.prompts = json.loads(meta["prompts"]) if "prompts" in meta else None
-        n = self.items.shape[0]
-        if self.prompts is not None and len(self.prompts) != n:
-            raise DataError(f"{self.path}: metadata 'prompts' has {len(self.prompts)} entries for {n} items")
-        if self.contexts is not None and self.contexts.shape[0] != n:
-            raise DataError(f"{self.path}: 'contexts' has {self.contexts.shape[0]} rows for {n} items")
+    def __init__(self, source: str, items: torch.Tensor, contexts: torch.Tensor | None, prompts: list[str] | None,
+                 item_dims: int, what: str):
+        if items.dim() != item_dims + 1 or items.shape[0] == 0:
+            raise DataError(f"{source}: {what} has shape {tuple(items.shape)}, expected {item_dims + 1} dims "
+                            "with N >= 1 items first")
+        n = items.shape[0]
+        if prompts is not None and len(prompts) != n:
+            raise DataError(f"{source}: {len(prompts)} prompts for {n} items")
+        if contexts is not None and contexts.shape[0] != n:
+            raise DataError(f"{source}: 'context' has {contexts.shape[0]} rows for {n} items")
+        self.items, self.contexts, self.prompts = items, contexts, prompts or None
 
     def __len__(self) -> int:
         return self.items.shape[0]
 
 
 def ode_pair_dataset(path) -> TensorFileDataset:
-    return TensorFileDataset(path, "trajectories", 5)   # [K, F, C, h, w] per item
+    """A file written by `sf_core.train.ode_pairs.save_ode_pairs`: `latents` [N, K, F, C, h, w]."""
+    from .ode_pairs import load_ode_pairs
+    if not Path(path).is_file():
+        raise DataError(f"ODE-pair file {path} not found")
+    tensors, settings = load_ode_pairs(str(path))
+    return TensorFileDataset(str(path), tensors["latents"], tensors.get("context"), settings.get("prompts"), 5,
+                             "'latents'")
 
 
 def latent_dataset(path) -> TensorFileDataset:
-    return TensorFileDataset(path, "latents", 4)        # [F, C, h, w] per item
+    """Real clips: `latents` [N, F, C, h, w], optional `context` [N, L, D] or metadata `prompts` (JSON)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"latent file {path} not found")
+    with safe_open(str(path), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata() or {}
+        if "latents" not in keys:
+            raise DataError(f"{path}: tensor 'latents' missing (found {sorted(keys)}); expected [N, F, C, h, w]")
+        items = f.get_tensor("latents")
+        contexts = f.get_tensor("context") if "context" in keys else None
+    prompts = json.loads(meta["prompts"]) if "prompts" in meta else None
+    return TensorFileDataset(str(path), items, contexts, prompts, 4, "'latents'")
 
 
 # -- deterministic sharding ---------------------------------------------------------------------------------------

@@ -123,7 +123,8 @@ def fully_shard_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     blocks = getattr(model, "blocks", None)
     for block in blocks if blocks is not None else ():
         fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+    # the root too: a trailing no-grad forward (the rollout's cache pass) must not leave it unsharded
+    fully_shard(model, mp_policy=policy, reshard_after_forward=True)
     return model
 
 
