@@ -1,0 +1,127 @@
+"""Scenes, prompts, rendering and the latent map of the toy world."""
+import math
+
+import pytest
+import torch
+
+from sf_core.toy.dataset import ToyVideoDataset, sample_batch
+from sf_core.toy.render import SceneBatch, coverage, from_latent, render, to_latent, trajectories
+from sf_core.toy.world import (EXTENT, MOTIONS, RANGES, ObjectSpec, PromptError, SceneSpec,
+                               parse_prompt, sample_scenes, scene_for)
+
+
+def test_sampling_is_a_pure_function_of_the_seed():
+    a, b, c = sample_scenes(20, 7), sample_scenes(20, 7), sample_scenes(20, 8)
+    assert a == b
+    assert a != c
+    assert sample_scenes(5, 7, start=10) == a[10:15]
+    assert torch.equal(render(a, 6), render(b, 6))
+
+
+def test_prompt_round_trip_covers_every_word():
+    scenes = sample_scenes(300, 0)
+    for s in scenes:
+        assert parse_prompt(s.prompt) == s.spec
+    used = {o.motion for s in scenes for o in s.spec.objects}
+    assert used == set(MOTIONS)
+    assert {len(s.spec.objects) for s in scenes} == {1, 2, 3}
+    assert any(s.spec.background[0] != s.spec.background[1] for s in scenes)
+
+
+def test_prompt_text_and_errors():
+    spec = SceneSpec((ObjectSpec("circle", "red", "left"), ObjectSpec("square", "orange", "orbit")),
+                     ("black", "navy"))
+    assert spec.prompt == "a red circle moves left and an orange square orbits on a black to navy gradient"
+    assert parse_prompt("  a  red circle moves left and an orange square orbits on a black to navy gradient") == spec
+    with pytest.raises(PromptError, match="unknown background"):
+        parse_prompt("a red circle moves left on a pink background")
+    with pytest.raises(PromptError, match="cannot read object"):
+        parse_prompt("a red hexagon moves left on a black background")
+    with pytest.raises(PromptError, match="distinct"):
+        parse_prompt("a red circle moves left and a red square pulses on a black background")
+
+
+def test_scene_for_prompt_realises_the_prompt():
+    prompt = "a blue triangle pulses, a green circle orbits and a white square moves up on a gray background"
+    scene = scene_for(prompt, seed=3)
+    assert scene.prompt == prompt and scene == scene_for(prompt, seed=3) and scene != scene_for(prompt, seed=4)
+
+
+def test_render_shape_range_and_start_frame():
+    scenes = sample_scenes(4, 1)
+    video = render(scenes, 12, height=32, width=48)
+    assert video.shape == (4, 12, 3, 32, 48) and video.dtype == torch.float32
+    assert video.min() >= 0 and video.max() <= 1
+    late = render(scenes, 4, start_frame=8, height=32, width=48)
+    assert torch.allclose(late, video[:, 8:], atol=1e-5)
+
+
+def test_motions_move_as_named():
+    def scene(motion):
+        return scene_for(SceneSpec((ObjectSpec("circle", "red", motion),), ("black", "black")), seed=0)
+    t = torch.arange(3.0)
+    for motion, axis, sign in (("left", 0, -1), ("right", 0, 1), ("up", 1, -1), ("down", 1, 1)):
+        s = scene(motion)
+        pos = trajectories(SceneBatch([s]), t)[axis][0, 0]
+        step = (pos[1] - pos[0] + 0.5) % 1 - 0.5
+        assert step * sign == pytest.approx(s.states[0].speed, abs=1e-6)
+    x, y, r = trajectories(SceneBatch([scene("static")]), t)
+    assert torch.all(x == x[..., :1]) and torch.all(y == y[..., :1]) and torch.all(r == r[..., :1])
+    x, y, r = trajectories(SceneBatch([scene("pulse")]), torch.arange(40.0))
+    assert torch.all(x == x[..., :1]) and r.max() - r.min() > RANGES["pulse_amplitude"][0]
+    x, y, r = trajectories(SceneBatch([scene("orbit")]), torch.arange(40.0))
+    dist = torch.sqrt((x - 0.5) ** 2 + (y - 0.5) ** 2)
+    assert torch.allclose(dist, dist[..., :1], atol=1e-5)
+
+
+def test_object_appears_where_its_trajectory_says():
+    s = scene_for("a red square stays still on a black background", seed=5)
+    img = render(s, 1, height=64, width=64)[0]                          # [3, H, W]
+    red = (img[0] > 0.5).float()
+    ys, xs = torch.nonzero(red, as_tuple=True)
+    assert (xs.float() + 0.5).mean() / 64 == pytest.approx(s.states[0].x, abs=0.01)
+    assert (ys.float() + 0.5).mean() / 64 == pytest.approx(s.states[0].y, abs=0.01)
+    assert red.sum() == pytest.approx(math.pi * (s.states[0].size * 64) ** 2, rel=0.05)  # equal-area sizes
+
+
+def test_long_renders_stay_in_frame_forever():
+    scenes = sample_scenes(24, 2)
+    batch = SceneBatch(scenes)
+    t = torch.cat([torch.arange(0.0, 2000.0, 41.0), torch.tensor([1e5, 1e6 + 0.5])])
+    x, y, r = trajectories(batch, t)
+    present = (batch.shape >= 0)[..., None].expand_as(x)
+    assert torch.all((x >= 0) & (x < 1) & (y >= 0) & (y < 1))
+    assert torch.all(r[present] >= RANGES["size"][0] - RANGES["pulse_amplitude"][1] - 1e-6)
+    assert torch.all(r[present] <= RANGES["pulse_size"][1] + RANGES["pulse_amplitude"][1] + 1e-6)
+    bounded = present & ((batch.motion == MOTIONS.index("orbit")) | (batch.motion == MOTIONS.index("static"))
+                         | (batch.motion == MOTIONS.index("pulse")))[..., None]
+    margin = (EXTENT * r)[bounded]
+    assert torch.all(x[bounded] - margin >= -1e-6) and torch.all(x[bounded] + margin <= 1 + 1e-6)
+    assert torch.all(y[bounded] - margin >= -1e-6) and torch.all(y[bounded] + margin <= 1 + 1e-6)
+    # the whole object is always on screen (the frame is a torus): its rendered area is pi * size^2
+    cover = coverage(x, y, r, batch.shape, 48, 48).sum((-1, -2))             # [B, K, T] pixels
+    expected = math.pi * (r * 48) ** 2
+    assert torch.allclose(cover[present], expected[present], rtol=0.03, atol=3.0)
+    assert torch.isfinite(render(scenes[:4], 2, start_frame=10 ** 6)).all()
+
+
+def test_latent_map_is_exactly_invertible():
+    video = render(sample_scenes(3, 0), 5)
+    latent = to_latent(video)
+    assert latent.shape == (3, 5, 12, 16, 16)
+    assert latent.min() >= -1 and latent.max() <= 1
+    assert torch.allclose(from_latent(latent), video, atol=1e-6)
+    assert torch.equal(to_latent(from_latent(latent)), latent)
+    with pytest.raises(ValueError, match="12 channels"):
+        from_latent(torch.zeros(1, 16, 8, 8))
+
+
+def test_dataset_items_match_batches():
+    ds = ToyVideoDataset(num_frames=4, size=10, seed=3)
+    prompts, latents = sample_batch(3, 4, seed=3, start=2)
+    for i in range(3):
+        p, clip = ds[2 + i]
+        assert p == prompts[i] and torch.equal(clip, latents[i])
+    assert len(ds) == 10
+    with pytest.raises(IndexError):
+        ds[10]
