@@ -1,0 +1,475 @@
+"""The paper's Table 2 in miniature, end to end on the toy world: `python -m sf_core.toy.reproduce`.
+
+Stages (all seeded; checkpoints in `<out>/checkpoints/*.safetensors`, loadable with `load_model`):
+
+1. teacher: a bidirectional many-step CausalWanModel (no cache) trained with flow matching on toy clips,
+   the condition dropped to zeros 10% of the time so it supports classifier-free guidance;
+2. ODE pairs from the teacher (48 Euler steps, shift 5, CFG, states kept at [0, 12, 24, 36, -1]) and an
+   ODE-regression initialisation of a causal student per chunk size (3 = chunk-wise, 1 = frame-wise);
+3. students, each started from its ODE initialisation: teacher forcing, diffusion forcing (many-step,
+   flow matching), TF + DMD, DF + DMD (:mod:`sf_core.toy.forcing_dmd`) and self forcing + DMD, the last
+   also with the rolling-cache training trick;
+4. evaluation with the exact metrics (:mod:`sf_core.toy.metrics`) on held-out prompts at the training length
+   (global cache) and at 3× and 10× it (rolling cache of `frames - chunk` frames);
+5. `docs/reproduction.md`: the generated part between the result markers is replaced, the rest is kept.
+
+A compact single-process driver: AdamW with betas (0, 0.999) for students and critics, gradient clipping,
+`critic_updates_per_generator` critic steps before each generator step (sf_core.train.objectives).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import save_safetensors
+from ..config import ModelConfig, StreamConfig
+from ..model import CausalWanModel
+from ..noise import SeededNoise
+from ..pipeline import StreamingPipeline
+from ..train.losses.forcing import sample_chunk_timesteps
+from ..train.objectives import ObjectiveConfig, StepInfo, TrainBatch, build_objective
+from ..train.ode_pairs import generate_ode_trajectory, kept_timesteps, save_ode_pairs
+from ..scheduler import FlowMatchScheduler
+from .dataset import sample_batch
+from .forcing_dmd import ForcingDMDObjective
+from .metrics import evaluate_latents, summarize
+from .render import LATENT_CHANNELS, LATENT_FACTOR
+from .text import ToyTextEncoder
+
+TRAIN_SEED, EVAL_SEED = 0, 1_000_000       # scene streams: training clips / held-out evaluation prompts
+ODE_KEEP = (0, 12, 24, 36, -1)
+RESULTS_START, RESULTS_END = "<!-- reproduction:results:start -->", "<!-- reproduction:results:end -->"
+TABLE_METRICS = (("frame_error", "frame err ↓"), ("colour_error", "colour err ↓"),
+                 ("motion_error", "motion err (px) ↓"), ("adherence", "adherence ↑"),
+                 ("flicker", "flicker ↓"), ("frame_error_growth", "frame-err growth ↓"))
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    height: int = 16                  # pixels (latent = height / 2)
+    width: int = 16
+    frames: int = 9                   # training length in latent frames (a multiple of 3)
+    dim: int = 128
+    ffn_dim: int = 256
+    num_heads: int = 1
+    num_layers: int = 2
+    batch: int = 8
+    teacher_steps: int = 600
+    teacher_lr: float = 5e-4
+    ode_pairs: int = 48
+    ode_steps: int = 150
+    forcing_steps: int = 150          # teacher / diffusion forcing fine-tuning
+    dmd_steps: int = 60               # generator steps of every DMD student
+    critic_ratio: int = 2             # critic updates per generator update
+    student_lr: float = 1e-4
+    critic_lr: float = 2e-4
+    guidance: float = 3.0
+    many_steps: int = 8               # sampling steps of the many-step TF/DF students and of no other model
+    eval_samples: int = 12
+    eval_lengths: tuple[int, ...] = (1, 3, 10)   # multiples of the training length
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+PROFILES = {
+    "quick": Profile("quick"),
+    "full": Profile("full", teacher_steps=8000, ode_pairs=512, ode_steps=1500, forcing_steps=1500, dmd_steps=800,
+                    critic_ratio=5, eval_samples=128, batch=16),
+    "smoke": Profile("smoke", frames=6, dim=32, ffn_dim=64, num_layers=1, batch=2, teacher_steps=2, ode_pairs=2,
+                     ode_steps=2, forcing_steps=2, dmd_steps=1, critic_ratio=1, many_steps=2, eval_samples=2,
+                     eval_lengths=(1, 2)),
+}
+
+
+@dataclass(frozen=True)
+class Student:
+    method: str                       # teacher_forcing | diffusion_forcing | tf_dmd | df_dmd | self_forcing
+    chunk: int
+    rolling_trick: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}_c{self.chunk}" + ("_rolling" if self.rolling_trick else "")
+
+    @property
+    def label(self) -> str:
+        names = {"teacher_forcing": "Teacher forcing (many-step)", "diffusion_forcing": "Diffusion forcing (many-step)",
+                 "tf_dmd": "TF + DMD", "df_dmd": "DF + DMD", "self_forcing": "Self forcing + DMD"}
+        return names[self.method] + (" + rolling trick" if self.rolling_trick else "")
+
+    @property
+    def many_step(self) -> bool:
+        return self.method in ("teacher_forcing", "diffusion_forcing")
+
+
+def students() -> list[Student]:
+    out = []
+    for chunk in (3, 1):
+        out += [Student(m, chunk) for m in ("teacher_forcing", "diffusion_forcing", "tf_dmd", "df_dmd", "self_forcing")]
+        out.append(Student("self_forcing", chunk, rolling_trick=True))
+    return out
+
+
+class Run:
+    """Shared state of one reproduction: profile, device, text encoder, output folder, log."""
+
+    def __init__(self, profile: Profile, device: str, out: Path):
+        self.p, self.device, self.out = profile, torch.device(device), out
+        self.text = ToyTextEncoder(text_dim=64, max_len=24, seed=0)
+        self.latent = (LATENT_CHANNELS, profile.height // LATENT_FACTOR, profile.width // LATENT_FACTOR)
+        self.model_config = ModelConfig(dim=profile.dim, ffn_dim=profile.ffn_dim, num_heads=profile.num_heads,
+                                        num_layers=profile.num_layers, in_dim=LATENT_CHANNELS,
+                                        out_dim=LATENT_CHANNELS, text_dim=self.text.text_dim, freq_dim=64,
+                                        text_len=self.text.max_len)
+        self.timings: dict[str, float] = {}
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def data(self, step: int, frames: int | None = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Training batch `step`: prompts, context [B, L, 64], latents [B, F, 12, h, w]."""
+        p = self.p
+        prompts, latents = sample_batch(p.batch, frames or p.frames, TRAIN_SEED + p.seed, step * p.batch,
+                                        p.height, p.width)
+        return prompts, self.text(prompts, self.device), latents.to(self.device)
+
+    def stream_config(self, chunk: int, many_step: bool, window: int = -1) -> StreamConfig:
+        steps = self.p.many_steps if many_step else 4
+        return StreamConfig(chunk_frames=chunk, denoising_steps=tuple(1000 - 1000 * i / steps for i in range(steps)),
+                            shift=5.0, window=window, sink=0)
+
+    def save(self, model, name: str, stream: StreamConfig | None) -> Path:
+        return save_safetensors(model, self.out / "checkpoints" / f"{name}.safetensors", stream, model.config)
+
+
+def adamw(module: torch.nn.Module, lr: float, betas=(0.0, 0.999)) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, betas=betas,
+                             weight_decay=0.0)
+
+
+def optimise(loss: torch.Tensor, opt: torch.optim.Optimizer, module: torch.nn.Module, clip: float) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    opt.step()
+
+
+# -- stage 1: the teacher --------------------------------------------------------------------------------------
+def train_teacher(run: Run) -> CausalWanModel:
+    p = run.p
+    torch.manual_seed(p.seed)
+    teacher = CausalWanModel(run.model_config, attention="sdpa").to(run.device)
+    opt = adamw(teacher, p.teacher_lr, betas=(0.9, 0.999))
+    sched = FlowMatchScheduler(5.0)
+    rng = torch.Generator(device=run.device).manual_seed(p.seed + 1)
+    for step in range(p.teacher_steps):
+        for group in opt.param_groups:   # linear warm-up, cosine decay
+            group["lr"] = p.teacher_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / p.teacher_steps))
+        _, ctx, x0 = run.data(step)
+        drop = torch.rand(ctx.shape[0], generator=rng, device=rng.device) < 0.1
+        ctx = torch.where(drop[:, None, None].to(ctx.device), torch.zeros_like(ctx), ctx)
+        t = sample_chunk_timesteps(x0.shape[0], x0.shape[1], x0.shape[1], rng, sched, run.device)
+        eps = torch.randn(x0.shape, generator=rng, device=rng.device).to(run.device)
+        v = teacher(sched.add_noise(x0, eps, t), t, ctx)
+        loss = torch.mean((v - (eps - x0)) ** 2)
+        optimise(loss, opt, teacher, p.grad_clip)
+        if step % max(1, p.teacher_steps // 10) == 0:
+            run.log(f"teacher step {step}/{p.teacher_steps} loss {loss.item():.4f}")
+    teacher.eval().requires_grad_(False)
+    run.save(teacher, "teacher", None)
+    return teacher
+
+
+# -- stage 2: ODE pairs and ODE initialisation -------------------------------------------------------------------
+def ode_pairs(run: Run, teacher: CausalWanModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> trajectories [N, K, F, C, h, w], contexts [N, L, 64] (also written to <out>/ode_pairs.safetensors)."""
+    p, trajs, ctxs, prompts = run.p, [], [], []
+    gen = torch.Generator().manual_seed(p.seed + 2)
+    for start in range(0, p.ode_pairs, 32):
+        n = min(32, p.ode_pairs - start)
+        batch_prompts, _ = sample_batch(n, 1, TRAIN_SEED + p.seed + 7, start, p.height, p.width)
+        ctx = run.text(batch_prompts, run.device)
+        noise = torch.randn((n, p.frames, *run.latent), generator=gen).to(run.device)
+        trajs.append(generate_ode_trajectory(teacher, ctx, None, noise, 48, 5.0, p.guidance, ODE_KEEP).cpu())
+        ctxs.append(ctx.cpu())
+        prompts += batch_prompts
+    trajs, ctxs = torch.cat(trajs), torch.cat(ctxs)
+    save_ode_pairs(str(run.out / "ode_pairs.safetensors"), trajs, kept_timesteps(48, 5.0, ODE_KEEP), ctxs, prompts,
+                   guidance_scale=p.guidance, keep=ODE_KEEP, dtype=torch.float32)
+    return trajs, ctxs
+
+
+def objective_config(run: Run, chunk: int, rolling_trick: bool = False) -> ObjectiveConfig:
+    return ObjectiveConfig(latent_shape=(run.p.frames, *run.latent), chunk_frames=chunk, guidance_scale=run.p.guidance,
+                           critic_updates_per_generator=run.p.critic_ratio, rolling_trick=rolling_trick)
+
+
+def train_loop(run: Run, name: str, objective, steps: int, batch_fn) -> None:
+    """Critic/generator alternation for any `Objective`; `batch_fn(step) -> TrainBatch`."""
+    p = run.p
+    mods = objective.trainable_modules()
+    gen_opt = adamw(mods["generator"], p.student_lr)
+    critic_opt = adamw(mods["critic"], p.critic_lr) if "critic" in mods else None
+    shared = torch.Generator(device=run.device).manual_seed(p.seed + 11)
+    local = torch.Generator(device=run.device).manual_seed(p.seed + 13)
+    draws = 0
+    for step in range(steps):
+        info = StepInfo(step, shared, local)
+        if critic_opt is not None:
+            for _ in range(objective.critic_updates_per_generator):
+                loss, _ = objective.critic_loss(batch_fn(draws), info)
+                draws += 1
+                optimise(loss, critic_opt, mods["critic"], p.grad_clip)
+        loss, metrics = objective.generator_loss(batch_fn(draws), info)
+        draws += 1
+        optimise(loss, gen_opt, mods["generator"], p.grad_clip)
+        if step % max(1, steps // 5) == 0:
+            run.log(f"{name} step {step}/{steps} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+
+def ode_init(run: Run, teacher: CausalWanModel, trajs: torch.Tensor, ctxs: torch.Tensor, chunk: int) -> CausalWanModel:
+    student = copy.deepcopy(teacher).requires_grad_(True).train()
+    objective = build_objective("ode", objective_config(run, chunk), student)
+    gen = torch.Generator().manual_seed(run.p.seed + 3)
+
+    def batch(_):
+        idx = torch.randint(0, trajs.shape[0], (run.p.batch,), generator=gen)
+        return TrainBatch(ctxs[idx].to(run.device), None, ode_trajectory=trajs[idx].to(run.device))
+
+    train_loop(run, f"ode_init_c{chunk}", objective, run.p.ode_steps, batch)
+    run.save(student, f"ode_init_c{chunk}", run.stream_config(chunk, False))
+    return student
+
+
+# -- stage 3: students -------------------------------------------------------------------------------------------
+def train_student(run: Run, s: Student, init: CausalWanModel, teacher: CausalWanModel) -> CausalWanModel:
+    torch.manual_seed(run.p.seed + 5)
+    student = copy.deepcopy(init).requires_grad_(True).train()
+    cfg = objective_config(run, s.chunk, s.rolling_trick)
+
+    def batch(step):
+        _, ctx, latents = run.data(10_000 + step)
+        return TrainBatch(ctx, None, latents=latents)
+
+    if s.many_step:
+        objective = build_objective(s.method, cfg, student)
+        steps = run.p.forcing_steps
+    else:
+        critic = copy.deepcopy(teacher).requires_grad_(True).train()
+        if s.method == "self_forcing":
+            objective = build_objective("dmd", cfg, student, teacher, critic)
+        else:
+            mode = "teacher_forcing" if s.method == "tf_dmd" else "diffusion_forcing"
+            objective = ForcingDMDObjective(mode, cfg, student, teacher, critic)
+        steps = run.p.dmd_steps
+    train_loop(run, s.key, objective, steps, batch)
+    student.eval().requires_grad_(False)
+    window = cfg.window() if s.rolling_trick else eval_window(run.p.frames, s.chunk)
+    run.save(student, s.key, run.stream_config(s.chunk, s.many_step, window))
+    return student
+
+
+# -- stage 4: evaluation -----------------------------------------------------------------------------------------
+def eval_window(frames: int, chunk: int) -> int:
+    """Rolling-cache window (latent frames, current chunk included) used beyond the training length."""
+    return max(chunk, frames - chunk)
+
+
+def eval_prompts(run: Run) -> list[str]:
+    prompts, _ = sample_batch(run.p.eval_samples, 1, EVAL_SEED + run.p.seed, 0, run.p.height, run.p.width)
+    return prompts
+
+
+@torch.no_grad()
+def stream_latents(run: Run, model: CausalWanModel, stream: StreamConfig, prompts: list[str], frames: int,
+                   seed: int) -> torch.Tensor:
+    """Generate `frames` latent frames per prompt with the streaming pipeline -> [B, F, C, h, w] on CPU."""
+    pipe = StreamingPipeline(model, stream, device=run.device)
+    _, h, w = run.latent
+    state = pipe.start(run.text(prompts, run.device), h * 8, w * 8, seed=seed, noise=SeededNoise(seed),
+                       max_frames=frames)
+    return torch.cat([c.latents.cpu() for c in pipe.stream(state, math.ceil(frames / stream.chunk_frames))], 1)[:, :frames]
+
+
+def teacher_samples(run: Run, teacher: CausalWanModel, prompts: list[str]) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(run.p.seed + 17)
+    noise = torch.randn((len(prompts), run.p.frames, *run.latent), generator=gen).to(run.device)
+    traj = generate_ode_trajectory(teacher, run.text(prompts, run.device), None, noise, 48, 5.0, run.p.guidance, (-1,))
+    return traj[:, 0].cpu()
+
+
+def score(latents: torch.Tensor, prompts: list[str]) -> dict[str, dict]:
+    return {k: asdict(v) for k, v in summarize(evaluate_latents(latents, prompts)).items()}
+
+
+def evaluate_student(run: Run, s: Student, model: CausalWanModel, prompts: list[str]) -> dict[str, dict]:
+    out = {}
+    for mult in run.p.eval_lengths:
+        frames = run.p.frames * mult
+        window = -1 if mult == 1 else eval_window(run.p.frames, s.chunk)
+        latents = stream_latents(run, model, run.stream_config(s.chunk, s.many_step, window), prompts, frames,
+                                 seed=run.p.seed + 100)
+        out[str(mult)] = score(latents, prompts)
+    return out
+
+
+# -- stage 5: the report -----------------------------------------------------------------------------------------
+def fmt(est: dict) -> str:
+    if est["n"] == 0 or math.isnan(est["mean"]):
+        return "n/a"
+    if math.isnan(est["low"]):
+        return f"{est['mean']:.3f}"
+    return f"{est['mean']:.3f} ± {(est['high'] - est['low']) / 2:.3f}"
+
+
+def results_markdown(results: dict) -> str:
+    meta, p = results["meta"], results["meta"]["profile"]
+    lines = [RESULTS_START, "",
+             f"Generated by `{meta['command']}` (profile `{p['name']}`, seed {p['seed']}) on {meta['hardware']}; "
+             f"wall time {meta['wall_time_s'] / 60:.1f} min "
+             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in meta['stage_times_s'].items())} min). "
+             f"Training length {p['frames']} latent frames of {p['height']}×{p['width']} px; model dim {p['dim']}, "
+             f"{p['num_layers']} layers; {p['eval_samples']} held-out prompts (scene seed {EVAL_SEED + p['seed']}); "
+             "mean ± half-width of the 95% t-interval over clips.", ""]
+    header = "| model | chunk | length | " + " | ".join(h for _, h in TABLE_METRICS) + " |"
+    rule = "|" + "---|" * (3 + len(TABLE_METRICS))
+    for mult in [str(m) for m in p["eval_lengths"]]:
+        lines += [f"### {mult}× the training length ({int(mult) * p['frames']} frames"
+                  + (", global cache)" if mult == "1" else f", rolling cache of training length − chunk)"), "",
+                  header, rule]
+        if mult == "1":
+            for name in ("ground_truth", "teacher"):
+                r = results["references"][name]
+                lines.append(f"| {r['label']} | – | {p['frames']} | "
+                             + " | ".join(fmt(r["metrics"][k]) for k, _ in TABLE_METRICS) + " |")
+        for r in results["students"].values():
+            chunk = "chunk-wise (3)" if r["chunk"] == 3 else "frame-wise (1)"
+            lines.append(f"| {r['label']} | {chunk} | {int(mult) * p['frames']} | "
+                         + " | ".join(fmt(r["metrics"][mult][k]) for k, _ in TABLE_METRICS) + " |")
+        lines.append("")
+    lines.append(RESULTS_END)
+    return "\n".join(lines)
+
+
+def write_report(results: dict, path: Path) -> None:
+    """Replace the generated block of `path` (or create the file around it), keeping the hand-written text."""
+    block = results_markdown(results)
+    text = path.read_text() if path.is_file() else "# Reproduction of Table 2 on the toy world\n\n" + RESULTS_START + RESULTS_END + "\n"
+    if RESULTS_START in text and RESULTS_END in text:
+        head, rest = text.split(RESULTS_START, 1)
+        text = head + block + rest.split(RESULTS_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def reproduce(profile: Profile, device: str, out: Path, report: Path, command: str) -> dict:
+    run = Run(profile, device, out)
+    began = time.perf_counter()
+    stage = time.perf_counter()
+
+    def lap(name):
+        nonlocal stage
+        run.timings[name] = time.perf_counter() - stage
+        stage = time.perf_counter()
+
+    teacher = train_teacher(run)
+    lap("teacher")
+    trajs, ctxs = ode_pairs(run, teacher)
+    inits = {c: ode_init(run, teacher, trajs, ctxs, c) for c in (3, 1)}
+    lap("ode")
+    prompts = eval_prompts(run)
+    _, truth = sample_batch(profile.eval_samples, profile.frames, EVAL_SEED + profile.seed, 0, profile.height, profile.width)
+    results = {"references": {
+        "ground_truth": {"label": "Ground truth (renderer)", "metrics": score(truth, prompts)},
+        "teacher": {"label": "Teacher (bidirectional, 48 steps, CFG)", "metrics": score(teacher_samples(run, teacher, prompts), prompts)}},
+        "students": {}}
+    train_time = eval_time = 0.0
+    for s in students():
+        t0 = time.perf_counter()
+        model = train_student(run, s, inits[s.chunk], teacher)
+        t1 = time.perf_counter()
+        metrics = evaluate_student(run, s, model, prompts)
+        train_time, eval_time = train_time + t1 - t0, eval_time + time.perf_counter() - t1
+        results["students"][s.key] = {"label": s.label, "method": s.method, "chunk": s.chunk,
+                                      "rolling_trick": s.rolling_trick, "metrics": metrics,
+                                      "checkpoint": f"checkpoints/{s.key}.safetensors"}
+        run.log(f"{s.key}: frame_error " + ", ".join(f"{m}x {metrics[m]['frame_error']['mean']:.4f}" for m in metrics))
+    run.timings["students"], run.timings["evaluation"] = train_time, eval_time
+    results["meta"] = {"command": command, "profile": asdict(profile), "hardware": hardware(run.device),
+                       "torch": torch.__version__, "wall_time_s": time.perf_counter() - began,
+                       "stage_times_s": run.timings}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_report(results, report)
+    run.log(f"done in {results['meta']['wall_time_s'] / 60:.1f} min; table in {report}")
+    return results
+
+
+def best_self_forcing(results: dict, chunk: int | None = None) -> str:
+    """Key of the self-forcing student with the lowest frame error at the longest evaluated length."""
+    longest = str(max(results["meta"]["profile"]["eval_lengths"]))
+    keys = [k for k, r in results["students"].items() if r["method"] == "self_forcing"
+            and (chunk is None or r["chunk"] == chunk)]
+    return min(keys, key=lambda k: results["students"][k]["metrics"][longest]["frame_error"]["mean"])
+
+
+def export_default(results: dict, out: Path, folder: Path, chunk: int | None = 3) -> Path:
+    """Copy the best self-forcing checkpoint and a manifest into `folder` (the embedded default model)."""
+    key = best_self_forcing(results, chunk)
+    p = results["meta"]["profile"]
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / results["students"][key]["checkpoint"], folder / "model.safetensors")
+    manifest = {"checkpoint": "model.safetensors",
+                "text_encoder": {"kind": "toy", "text_dim": 64, "max_len": 24, "seed": 0},
+                "decoder": {"kind": "toy_pixels"},
+                "width": p["width"], "height": p["height"], "fps": 8, "chunks": 16,
+                "prompt": "a red circle moves right and a yellow square orbits on a navy background",
+                "description": (f"embedded toy model: {results['students'][key]['label']} "
+                                f"({'chunk-wise' if results['students'][key]['chunk'] == 3 else 'frame-wise'}), trained by "
+                                f"`{results['meta']['command']}` (see docs/reproduction.md)")}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sf_core.toy.reproduce", description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ap.add_argument("--out", type=Path, default=Path("runs/toy"), help="checkpoints, ODE pairs, results.json")
+    ap.add_argument("--report", type=Path, default=Path("docs/reproduction.md"), help="markdown table to update")
+    ap.add_argument("--seed", type=int, default=None, help="override the profile's seed")
+    ap.add_argument("--export-default", type=Path, default=None, metavar="FOLDER",
+                    help="also copy the best chunk-wise self-forcing checkpoint + manifest there "
+                         "(sf_core/toy/assets/default for the embedded model)")
+    args = ap.parse_args(argv)
+    profile = PROFILES[args.profile] if args.seed is None else replace(PROFILES[args.profile], seed=args.seed)
+    if args.device == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    command = "python -m sf_core.toy.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = reproduce(profile, args.device, args.out, args.report, command.strip())
+    if args.export_default is not None:
+        export_default(results, args.out, args.export_default)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
