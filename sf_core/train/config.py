@@ -402,8 +402,9 @@ def validate(cfg: TrainConfig, check_files: bool = True) -> None:
         bad("data.latents", "the gan objective needs real latents (a safetensors file with `latents`)")
     if cfg.objective.name in ("dmd", "sid", "gan") and cfg.data.prompts is None:
         bad("data.prompts", f"the {cfg.objective.name} objective needs a prompts file (one prompt per line)")
-    if cfg.objective.name in ("teacher_forcing", "diffusion_forcing") and not (cfg.data.latents or cfg.data.ode_pairs):
-        bad("data.latents", f"the {cfg.objective.name} objective needs clean latents: data.latents or data.ode_pairs")
+    if cfg.objective.name in ("teacher_forcing", "diffusion_forcing") and not cfg.data.latents:
+        bad("data.latents", f"the {cfg.objective.name} objective needs clean latents (a safetensors file with "
+                            "`latents` [N, F, C, h, w])")
 
 def describe(cfg: TrainConfig) -> str:
     return json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False)

@@ -86,12 +86,12 @@ class TensorFileDataset:
         if items.dim() != item_dims + 1 or items.shape[0] == 0:
             raise DataError(f"{source}: {what} has shape {tuple(items.shape)}, expected {item_dims + 1} dims "
                             "with N >= 1 items first")
-        n = items.shape[0]
+        n, prompts = items.shape[0], prompts or None
         if prompts is not None and len(prompts) != n:
             raise DataError(f"{source}: {len(prompts)} prompts for {n} items")
         if contexts is not None and contexts.shape[0] != n:
             raise DataError(f"{source}: 'context' has {contexts.shape[0]} rows for {n} items")
-        self.items, self.contexts, self.prompts = items, contexts, prompts or None
+        self.items, self.contexts, self.prompts = items, contexts, prompts
 
     def __len__(self) -> int:
         return self.items.shape[0]
