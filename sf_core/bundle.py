@@ -136,6 +136,8 @@ def _load(role: str, path, fn):
         raise
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         raise problem(role, path, str(exc).replace(str(path) + ": ", "")) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. torch's unpickler raises IndexError on garbage bytes
+        raise problem(role, path, f"unreadable ({type(exc).__name__}: {exc})") from None
 
 
 def load_text_encoder(files: ModelFiles, device, dtype: torch.dtype) -> Callable[[list[str]], torch.Tensor]:
