@@ -12,6 +12,7 @@ File format (safetensors): "latents" [N, K, F, C, h, w], "timesteps" [K] float32
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -19,6 +20,8 @@ import tempfile
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..noise import SeededNoise
 
 FORMAT_KEY = "sf_ode"
 
@@ -59,6 +62,29 @@ def generate_ode_trajectory(teacher, context: torch.Tensor, negative_context: to
     return torch.stack([states[i] for i in keep], 1).float()
 
 
+def generate_ode_pairs(teacher, contexts: torch.Tensor, negative_context: torch.Tensor | None,
+                       latent_shape: tuple[int, int, int, int], seed: int = 0, batch_size: int = 1,
+                       num_steps: int = 48, shift: float = 5.0, guidance_scale: float = 6.0,
+                       keep=(0, 12, 24, 36, -1), progress=None) -> torch.Tensor:
+    """contexts [N, L, D] -> trajectories [N, K, F, C, h, w] (CPU float32).
+
+    Item i starts from `SeededNoise(seed)(i, 0, ...)`, so any item can be regenerated alone.
+    `negative_context` [L, D] or [1, L, D] is shared by all items (None: zeros).
+    """
+    device, dtype = contexts.device, next(teacher.parameters()).dtype
+    noise, out = SeededNoise(seed), []
+    for a in range(0, contexts.shape[0], batch_size):
+        ctx = contexts[a:a + batch_size].to(dtype)
+        eps = torch.cat([noise(i, 0, (1, *latent_shape), torch.float32, device) for i in range(a, a + ctx.shape[0])])
+        neg = None if negative_context is None else negative_context.reshape(1, *negative_context.shape[-2:])
+        neg = None if neg is None else neg.to(device, dtype).expand(ctx.shape[0], -1, -1)
+        out.append(generate_ode_trajectory(teacher, ctx, neg, eps.to(dtype), num_steps, shift, guidance_scale,
+                                           keep).cpu())
+        if progress is not None:
+            progress(a + ctx.shape[0], contexts.shape[0])
+    return torch.cat(out)
+
+
 def save_ode_pairs(path: str, latents: torch.Tensor, timesteps, context: torch.Tensor | None = None,
                    prompts: list[str] | None = None, shift: float = 5.0, num_steps: int = 48,
                    guidance_scale: float = 6.0, keep=(0, 12, 24, 36, -1), dtype=torch.float16) -> None:
@@ -96,3 +122,45 @@ def load_ode_pairs(path: str) -> tuple[dict[str, torch.Tensor], dict]:
         raise ValueError(f"{path}: 'latents' {tuple(tensors['latents'].shape)} does not match 'timesteps' "
                          f"({tensors['timesteps'].numel()} points); expected [N, K, F, C, h, w]")
     return tensors, json.loads(meta[FORMAT_KEY])
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m sf_core.train.ode_pairs",
+                                description="Generate ODE pairs from a bidirectional Wan2.1 teacher.")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (any layout sf_core.checkpoint reads)")
+    p.add_argument("--contexts", required=True,
+                   help="safetensors with 'context' [N, L, D], optional 'negative_context' [L, D], "
+                        "optional metadata 'prompts' (JSON list)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--frames", type=int, default=21)
+    p.add_argument("--latent-height", type=int, default=60)
+    p.add_argument("--latent-width", type=int, default=104)
+    p.add_argument("--steps", type=int, default=48)
+    p.add_argument("--shift", type=float, default=5.0)
+    p.add_argument("--guidance", type=float, default=6.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = p.parse_args(argv)
+    from ..checkpoint import load_model
+    teacher, _ = load_model(args.teacher, dtype=getattr(torch, args.dtype), device=args.device)
+    teacher.eval().requires_grad_(False)
+    with safe_open(args.contexts, framework="pt") as f:
+        if "context" not in f.keys():
+            raise SystemExit(f"{args.contexts}: tensor 'context' [N, L, D] missing (found {sorted(f.keys())})")
+        contexts = f.get_tensor("context").to(args.device)
+        negative = f.get_tensor("negative_context") if "negative_context" in f.keys() else None
+        prompts = json.loads((f.metadata() or {}).get("prompts", "[]"))
+    shape = (args.frames, teacher.config.in_dim, args.latent_height, args.latent_width)
+    keep = (0, args.steps // 4, args.steps // 2, 3 * args.steps // 4, -1)
+    traj = generate_ode_pairs(teacher, contexts, negative, shape, args.seed, args.batch_size, args.steps,
+                              args.shift, args.guidance, keep,
+                              progress=lambda done, n: print(f"{done}/{n}", flush=True))
+    save_ode_pairs(args.out, traj, kept_timesteps(args.steps, args.shift, keep), context=contexts, prompts=prompts,
+                   shift=args.shift, num_steps=args.steps, guidance_scale=args.guidance, keep=keep)
+    print(f"wrote {traj.shape[0]} trajectories {tuple(traj.shape[1:])} to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

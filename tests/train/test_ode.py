@@ -108,3 +108,25 @@ def test_ode_regression_from_generated_pairs_learns(tmp_path):
         opt.step()
         losses.append(float(loss.detach()))
     assert m["ode_noisy_frames"] > 0 and losses[-1] < 0.9 * losses[0]
+
+
+def test_command_line_writes_pairs_from_a_teacher_file(tmp_path):
+    from safetensors.torch import save_file
+    from sf_core.checkpoint import save_safetensors
+    from sf_core.noise import SeededNoise
+    from sf_core.train.ode_pairs import main
+    teacher = randomize(CausalWanModel(TINY, attention="sdpa"), 1)
+    save_safetensors(teacher, str(tmp_path / "teacher.safetensors"), model_config=TINY)
+    ctx = _rand(2, 5, TINY.text_dim, seed=3)
+    save_file({"context": ctx, "negative_context": _rand(5, TINY.text_dim, seed=4)}, str(tmp_path / "ctx.safetensors"),
+              metadata={"prompts": '["a cat", "a dog"]'})
+    main(["--teacher", str(tmp_path / "teacher.safetensors"), "--contexts", str(tmp_path / "ctx.safetensors"),
+          "--out", str(tmp_path / "pairs.safetensors"), "--frames", "3", "--latent-height", "4",
+          "--latent-width", "4", "--steps", "8", "--seed", "5", "--device", "cpu"])
+    tensors, meta = load_ode_pairs(str(tmp_path / "pairs.safetensors"))
+    assert tensors["latents"].shape == (2, 5, 3, TINY.in_dim, 4, 4) and meta["prompts"] == ["a cat", "a dog"]
+    assert meta["keep"] == [0, 2, 4, 6, -1] and tensors["timesteps"].tolist() == pytest.approx(
+        [1000.0, 937.5, 833.3333, 625.0, 0.0], abs=1e-3)
+    first = SeededNoise(5)(1, 0, (1, 3, TINY.in_dim, 4, 4), torch.float32, "cpu")
+    assert (tensors["latents"][1, 0].float() - first[0]).abs().max() < 1e-2
+    assert torch.equal(tensors["context"].float(), ctx.half().float())
