@@ -61,8 +61,10 @@ def cache_dir() -> Path:
     return Path(base) / "comfyui-self-forcing"
 
 
-def default_model(assets: Path = DEFAULT_ASSETS, cache: Path | None = None) -> ModelFiles:
-    """The trained toy model if `assets` holds one, else the untrained stand-in (built once into `cache`)."""
+def default_model(assets: Path | None = None, cache: Path | None = None) -> ModelFiles:
+    """The trained toy model if `assets` (default DEFAULT_ASSETS) holds one, else the untrained stand-in
+    (built once into `cache`)."""
+    assets = assets or DEFAULT_ASSETS
     if (assets / MANIFEST).is_file():
         return from_manifest(assets)
     return build_standin((cache or cache_dir()) / STANDIN_VERSION)

@@ -95,9 +95,6 @@ class PixelDecoder:
         from .toy.render import from_latent
         return from_latent(latents.float()) * 2 - 1  # [B, f, 3, 2h, 2w] in [-1, 1]
 
-    def frames_for(self, first: bool, latent_frames: int) -> int:
-        return latent_frames
-
     def reset(self) -> None: ...
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -107,13 +104,6 @@ class PixelDecoder:
 
     def clone(self) -> "PixelDecoder":
         return self
-
-
-def frames_per_chunk(decoder, first: bool, latent_frames: int) -> int:
-    """Pixel frames a decoder emits for a chunk: Wan VAE / TAEHV 1 + 4(f−1) first, then 4f."""
-    if hasattr(decoder, "frames_for"):
-        return decoder.frames_for(first, latent_frames)
-    return 1 + 4 * (latent_frames - 1) if first else 4 * latent_frames
 
 
 def spatial_stride(decoder) -> int:

@@ -20,7 +20,7 @@ import torch
 
 from . import assets
 from .assets import ModelFiles
-from .bundle import FileProblem, check_file, frames_per_chunk, load_bundle, problem, spatial_stride
+from .bundle import FileProblem, load_bundle, problem, spatial_stride
 from .config import StreamConfig
 from .cache import KVCache
 from .pipeline import PromptSwitch, StreamingPipeline

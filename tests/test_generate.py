@@ -269,3 +269,25 @@ def test_partial_model_arguments_and_bad_sizes_are_usage_errors(files, tmp_path,
     assert "--text-encoder" in err and "--vae" in err and "text_encoders" in err
     assert generate.main([*_model_args(files), "--width", "30", "--height", "32", "--dry-run"]) == 2
     assert "multiples of 16" in _one_line_error(capsys)
+
+
+def test_embedded_toy_manifest_uses_the_toy_text_encoder_and_pixel_decoder(tmp_path, monkeypatch, capsys):
+    """The format the trained toy model will ship in: manifest.json + a DiT on 12-channel pixel latents."""
+    import json
+    from sf_core import assets
+    folder = tmp_path / "default"
+    cfg = ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=12, out_dim=12, text_dim=64,
+                      freq_dim=32, text_len=24)
+    save_safetensors(randomize(CausalWanModel(cfg, attention="sdpa")), folder / "model.safetensors",
+                     StreamConfig(chunk_frames=2), cfg)
+    (folder / "manifest.json").write_text(json.dumps({
+        "checkpoint": "model.safetensors", "text_encoder": {"kind": "toy", "text_dim": 64, "max_len": 24},
+        "decoder": {"kind": "toy_pixels"}, "width": 16, "height": 24, "fps": 8, "chunks": 3,
+        "prompt": "a red circle moves left on a navy background", "description": "toy test model"}))
+    monkeypatch.setattr(assets, "DEFAULT_ASSETS", folder)
+    assert generate.main(["--out", str(tmp_path / "toy.mp4")]) == 0
+    frames, fps = read_video(tmp_path / "toy.mp4")
+    assert frames.shape == (6, 24, 16, 3) and fps == pytest.approx(8)  # 3 chunks × 2 latent frames, 1:1
+    assert "toy test model" in capsys.readouterr().err
+    assert generate.main(["--prompt", "a purple unicorn", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "unknown words" in capsys.readouterr().err
