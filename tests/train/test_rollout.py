@@ -200,3 +200,28 @@ def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="exit_steps"):
         self_rollout(_model(), _ctx(), LATENT, RolloutConfig(num_frames=6), torch.Generator(), SeededNoise(0),
                      exit_steps=[0])
+
+
+def _draw_on_rank(rank, world, store_path, out_path):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", rank=rank, world_size=world, store=dist.FileStore(store_path, world))
+    try:
+        # deliberately different shared seeds: the broadcast from rank 0 must win
+        steps = draw_exit_steps(RolloutConfig(num_frames=21, same_step_across_blocks=False),
+                                torch.Generator().manual_seed(rank * 1000 + 1))
+        torch.save(torch.tensor(steps), f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_exit_steps_are_broadcast_from_rank_0(tmp_path):
+    import torch.multiprocessing as mp
+    out = str(tmp_path / "steps")
+    mp.spawn(_draw_on_rank, args=(2, str(tmp_path / "store"), out), nprocs=2, join=True)
+    got = [torch.load(f"{out}.{r}", weights_only=True).tolist() for r in range(2)]
+    rank0 = draw_exit_steps(RolloutConfig(num_frames=21, same_step_across_blocks=False),
+                            torch.Generator().manual_seed(1))
+    assert got[0] == got[1] == rank0
+    assert rank0 != draw_exit_steps(RolloutConfig(num_frames=21, same_step_across_blocks=False),
+                                    torch.Generator().manual_seed(1001))
