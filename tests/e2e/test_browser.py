@@ -1,6 +1,10 @@
-"""The real web UI in headless chromium (network limited to loopback) plays streamed frames in the
-preview widget. Needs scripts/install_browser.sh; set SF_UPDATE_SCREENSHOTS=1 to refresh the README
-screenshot docs/images/preview_widget.png."""
+"""The real web UI in headless chromium (network limited to loopback): queues the T2V stream workflow
+(workflows/api/t2v_stream.json on tiny checkpoints with the real file names) and checks that the preview
+widget on the sampler received and drew every streamed frame. Also converts the API workflows into the
+UI-format workflows users drag onto the canvas. Needs scripts/install_browser.sh.
+
+SF_UPDATE_SCREENSHOTS=1 refreshes the README screenshot docs/images/preview_widget.png;
+SF_UPDATE_WORKFLOWS=1 rewrites workflows/*.json from workflows/api/*.json."""
 import json
 import os
 import shutil
@@ -14,8 +18,10 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 NODE_DIR = Path(os.environ.get("SF_NODE_DIR", REPO / ".cache" / "node"))
 CHROMIUM = os.environ.get("SF_CHROMIUM", "/usr/bin/chromium")
-SCRIPT = Path(__file__).parent / "browser" / "preview.mjs"
-CHUNKS, FRAMES_PER_CHUNK = 10, 8
+BROWSER = Path(__file__).parent / "browser"
+API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
+CHUNKS, WIDTH, HEIGHT = 4, 128, 80
+FRAMES = 9 + 12 * (CHUNKS - 1)  # 3 latent frames per chunk: 9 pixel frames first, then 12
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +30,23 @@ def browser_ready():
         pytest.skip(f"chromium ({CHROMIUM}) or playwright-core ({NODE_DIR}) missing: run scripts/install_browser.sh")
 
 
-def test_preview_widget_draws_streamed_frames(comfy, browser_ready, artifacts_dir, tmp_path):
-    workflow = {"7": {"class_type": "SFPreviewTestPattern", "inputs": {
-        "text": "Self Forcing live preview", "width": 320, "height": 192, "chunks": CHUNKS,
-        "frames_per_chunk": FRAMES_PER_CHUNK, "fps": 16.0, "chunk_seconds": 0.3}}}
+def node_script(script: str, *args: str, timeout: int = 600) -> dict:
+    completed = subprocess.run(["node", str(BROWSER / script), *args], capture_output=True, text=True,
+                               env={**os.environ, "SF_NODE_DIR": str(NODE_DIR), "SF_CHROMIUM": CHROMIUM},
+                               timeout=timeout)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_preview_widget_draws_the_streamed_frames_of_the_real_workflow(comfy, models, browser_ready, artifacts_dir,
+                                                                       tmp_path):
+    workflow = json.loads((REPO / "workflows" / "api" / "t2v_stream.json").read_text())
+    sampler = workflow["5"]["inputs"]
+    assert workflow["5"]["class_type"] == "SFStreamSampler"
+    sampler.update(width=WIDTH, height=HEIGHT, length=CHUNKS, length_unit="chunks", filename_prefix="browser/t2v")
     workflow_path = tmp_path / "workflow.json"
     workflow_path.write_text(json.dumps(workflow))
-    completed = subprocess.run(
-        ["node", str(SCRIPT), comfy.base_url, str(workflow_path), str(tmp_path)],
-        env={**os.environ, "SF_NODE_DIR": str(NODE_DIR), "SF_CHROMIUM": CHROMIUM},
-        capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result = node_script("preview.mjs", comfy.base_url, str(workflow_path), str(tmp_path))
     assert "failure" not in result, result["failure"]
 
     for name in ("preview_widget.png", "preview_node.png"):
@@ -47,13 +58,34 @@ def test_preview_widget_draws_streamed_frames(comfy, browser_ready, artifacts_di
     assert result["widgetBeforeQueue"], "the widget should be created with the node (from /sf/status)"
     stats = result["stats"]
     assert stats["chunks"] == CHUNKS and stats["lastChunk"] == CHUNKS - 1
-    assert stats["framesReceived"] == CHUNKS * FRAMES_PER_CHUNK == stats["framesDrawn"]
+    assert stats["framesReceived"] == FRAMES == stats["framesDrawn"]
     assert stats["done"] == "finished"
     assert result["framesDrawnAttr"] == str(stats["framesDrawn"])
-    assert (result["canvas"]["width"], result["canvas"]["height"]) == (320, 192)
-    assert result["canvas"]["lumaStd"] > 10 and result["canvas"]["colours"] > 50, result["canvas"]
-    assert f"frames {stats['framesDrawn']}/{CHUNKS * FRAMES_PER_CHUNK}" in result["readout"]
+    assert (result["canvas"]["width"], result["canvas"]["height"]) == (WIDTH, HEIGHT)
+    assert result["canvas"]["lumaStd"] > 1 and result["canvas"]["colours"] > 10, result["canvas"]
+    assert f"frames {stats['framesDrawn']}/{FRAMES}" in result["readout"]
     assert any("[sf_preview] ready" in line for line in result["console"])
     assert not result["errors"], result["errors"]
     print(f"\nbrowser: UI ready {result['uiReadyMs']} ms, stream+playback {result['streamMs']} ms, "
           f"playback {result['playbackFps']:.1f} fps, blocked {len(result['blocked'])} outside requests")
+
+
+def test_ui_workflows_are_the_api_workflows(comfy, models, browser_ready, tmp_path):
+    """Each workflows/<name>.json (UI format) holds the same nodes and widget values as workflows/api/<name>.json."""
+    result = node_script("api_to_ui.mjs", comfy.base_url, str(tmp_path), *map(str, API_WORKFLOWS))
+    assert not result["errors"], result["errors"]
+    assert sorted(result["written"]) == [p.name for p in API_WORKFLOWS]
+    if os.environ.get("SF_UPDATE_WORKFLOWS") == "1":
+        for path in API_WORKFLOWS:
+            shutil.copy(tmp_path / path.name, REPO / "workflows" / path.name)
+    for path in API_WORKFLOWS:
+        api = json.loads(path.read_text())
+        for ui in (json.loads((tmp_path / path.name).read_text()), json.loads((REPO / "workflows" / path.name).read_text())):
+            nodes = {str(n["id"]): n for n in ui["nodes"]}
+            assert sorted(n["type"] for n in nodes.values()) == sorted(n["class_type"] for n in api.values())
+            assert len(ui["links"]) == sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
+            for node_id, node in api.items():
+                literals = [v for v in node["inputs"].values() if not isinstance(v, list)]
+                widgets = nodes[node_id]["widgets_values"]
+                widgets = list(widgets.values()) if isinstance(widgets, dict) else widgets
+                assert all(v in widgets for v in literals), (path.name, node_id, literals, widgets)

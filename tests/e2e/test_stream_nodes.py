@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from e2e.tiny_files import DIT_SAFETENSORS, TINY_DECODER, VAE, write_tiny_models
+from e2e.tiny_files import DIT_SAFETENSORS, TINY_DECODER, VAE
 
 pytestmark = pytest.mark.e2e
 
@@ -23,16 +23,6 @@ SIZE = 32  # pixels; keeps the tiny VAE fast on a shared CPU
 OUR_NODES = ("SFModelLoader", "SFVAELoader", "SFVAEFromNative", "SFTextEncoderLoader", "SFTextEncode",
              "SFConditioningToContext", "SFStreamSampler", "SFStreamExtend", "SFPromptSchedule",
              "SFImageToVideoStart", "SFSaveStream", "SFLoadStream", "SFExportNativeAR")
-
-
-@pytest.fixture(scope="module")
-def models(comfy):
-    """Tiny assets in the server's model folders and a start image in its input folder."""
-    paths = write_tiny_models(comfy.base_dir / "models")
-    (comfy.base_dir / "input").mkdir(exist_ok=True)
-    gradient = np.linspace(0, 255, SIZE * SIZE * 3).reshape(SIZE, SIZE, 3).astype(np.uint8)
-    Image.fromarray(gradient).save(comfy.base_dir / "input" / "sf_start.png")
-    return paths
 
 
 def workflow(name: str, chunks: int = 2) -> dict:

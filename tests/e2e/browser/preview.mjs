@@ -13,7 +13,8 @@ const [baseUrl, workflowPath, outDir] = process.argv.slice(2);
 const require = createRequire(path.join(process.env.SF_NODE_DIR, "package.json"));
 const { chromium } = require("playwright-core");
 const workflow = JSON.parse(fs.readFileSync(workflowPath, "utf8"));
-const nodeId = Object.keys(workflow).find((id) => workflow[id].class_type === "SFPreviewTestPattern");
+const PREVIEW_TYPES = ["SFStreamSampler", "SFStreamExtend", "SFPreviewTestPattern"];
+const nodeId = Object.keys(workflow).find((id) => PREVIEW_TYPES.includes(workflow[id].class_type));
 const loopback = (url) => /^(https?|wss?):\/\/(127\.0\.0\.1|localhost)(:\d+)?\//.test(url) ||
   url.startsWith("data:") || url.startsWith("blob:");
 
@@ -46,12 +47,17 @@ try {
   await page.keyboard.press("Escape");
 
   result.widgetBeforeQueue = await page.evaluate(async ([wf, id]) => {
-    await window.app.loadApiJson(wf, "sf_preview_test_pattern.json");
+    await window.app.loadApiJson(wf, "sf_stream.json");
     const node = window.app.graph.getNodeById(Number(id));
-    node.pos = [80, 80];
-    node.setSize([420, 520]);
-    window.app.canvas.ds.offset = [60, 70];
-    window.app.canvas.ds.scale = 1.3;
+    let y = 30;  // inputs in a column on the left, the streaming node on the right
+    for (const other of window.app.graph._nodes.filter((n) => n !== node)) {
+      other.pos = [20, y];
+      y += other.size[1] + 50;
+    }
+    node.pos = [400, 30];
+    node.setSize([520, 800]);
+    window.app.canvas.ds.offset = [10, 20];
+    window.app.canvas.ds.scale = 1.0;
     window.app.graph.setDirtyCanvas(true, true);
     return Boolean(node.sfPlayer);
   }, [workflow, nodeId]);
@@ -61,7 +67,7 @@ try {
   await page.waitForFunction((id) => {
     const player = window.sfPreview.playerFor(id);
     return player?.stats.done && player.queue.length === 0 && player.stats.framesDrawn > 0;
-  }, nodeId, { timeout: 120000, polling: 100 });
+  }, nodeId, { timeout: 400000, polling: 100 });
   result.streamMs = Date.now() - queued;
 
   Object.assign(result, await page.evaluate((id) => {

@@ -1,0 +1,47 @@
+// Converts API-format workflows into UI-format workflows (what users drag onto the canvas) with the real
+// ComfyUI frontend: loadApiJson, arrange, then graph.serialize().
+//
+// usage: node api_to_ui.mjs <base_url> <out_dir> <api_workflow.json>...
+// env:   SF_NODE_DIR, SF_CHROMIUM as for preview.mjs
+// Writes <out_dir>/<name>.json per input; prints one JSON line {written: [...], errors: [...]}.
+import fs from "node:fs";
+import path from "node:path";
+import { createRequire } from "node:module";
+
+const [baseUrl, outDir, ...inputs] = process.argv.slice(2);
+const require = createRequire(path.join(process.env.SF_NODE_DIR, "package.json"));
+const { chromium } = require("playwright-core");
+const loopback = (url) => /^(https?|wss?):\/\/(127\.0\.0\.1|localhost)(:\d+)?\//.test(url) ||
+  url.startsWith("data:") || url.startsWith("blob:");
+
+await fetch(`${baseUrl}/settings/Comfy.TutorialCompleted`, { method: "POST", body: "true" });
+const browser = await chromium.launch({
+  executablePath: process.env.SF_CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"],
+});
+const result = { written: [], errors: [] };
+try {
+  const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+  await page.route("**/*", (route) => (loopback(route.request().url()) ? route.continue() : route.abort()));
+  page.on("pageerror", (error) => result.errors.push(String(error)));
+  await page.goto(baseUrl, { waitUntil: "domcontentloaded" });
+  await page.waitForFunction(() => window.app?.graph && window.sfPreview, null, { timeout: 60000 });
+  fs.mkdirSync(outDir, { recursive: true });
+  for (const input of inputs) {
+    const api = JSON.parse(fs.readFileSync(input, "utf8"));
+    const name = path.basename(input);
+    const ui = await page.evaluate(async ([wf, file]) => {
+      window.app.graph.clear();
+      await window.app.loadApiJson(wf, file);
+      window.app.graph.arrange(80);
+      return window.app.graph.serialize();
+    }, [api, name]);
+    fs.writeFileSync(path.join(outDir, name), JSON.stringify(ui, null, 2) + "\n");
+    result.written.push(name);
+  }
+} catch (error) {
+  result.errors.push(String(error?.stack || error));
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
