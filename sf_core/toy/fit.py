@@ -22,14 +22,15 @@ import torch
 
 from .render import SceneBatch, background_image, composite, coverage
 from .render import _SQUARE_HALF, _TRIANGLE_IN
-from .world import MOTIONS, RANGES, SHAPES
+from .world import MOTIONS, RANGES, SHAPES, SIZE_LIMITS
 
 
 @dataclass
 class FrameFit:
     cx: torch.Tensor        # [B, K, F] normalised centre x
     cy: torch.Tensor        # [B, K, F]
-    size: torch.Tensor      # [B, K, F] (0 = object not found)
+    size: torch.Tensor      # [B, K, F] within SIZE_LIMITS: a valid frame always shows every object
+    mass: torch.Tensor      # [B, K, F] pixels explained by the object's colour (~0: the object is missing)
     cover: torch.Tensor     # [B, K, F, H, W] coverage of the fitted objects
     frames: torch.Tensor    # [B, F, 3, H, W] the fitted (valid) frames
 
@@ -42,7 +43,7 @@ def _circular_mean(a: torch.Tensor, weight: torch.Tensor, dim) -> torch.Tensor:
 
 
 def _initial_states(frames: torch.Tensor, batch: SceneBatch, bg: torch.Tensor):
-    """Moment estimates from a per-pixel decomposition frame ≈ bg + alpha_k (colour_k - bg)."""
+    """Moment estimates from a per-pixel decomposition frame ≈ bg + alpha_k (colour_k - bg) -> cx, cy, size, mass."""
     b, f, _, h, w = frames.shape
     diff = (frames - bg.unsqueeze(1)).unsqueeze(1)                         # [B, 1, F, 3, H, W]
     d = (batch.colour[..., None, None] - bg.unsqueeze(1)).unsqueeze(2)     # [B, K, 1, 3, H, W]
@@ -55,11 +56,21 @@ def _initial_states(frames: torch.Tensor, batch: SceneBatch, bg: torch.Tensor):
     mass = weight.sum((-1, -2))                                            # [B, K, F] pixels
     xs = ((torch.arange(w) + 0.5) / w).view(1, 1, 1, 1, w).expand_as(weight)
     ys = ((torch.arange(h) + 0.5) / h).view(1, 1, 1, h, 1).expand_as(weight)
-    found = mass > 0.5
-    cx = torch.where(found, _circular_mean(xs, weight, (-1, -2)), torch.full_like(mass, 0.5))
-    cy = torch.where(found, _circular_mean(ys, weight, (-1, -2)), torch.full_like(mass, 0.5))
-    size = torch.sqrt(mass / math.pi) / min(h, w)
-    return cx, cy, size
+    cx, cy = _circular_mean(xs, weight, (-1, -2)), _circular_mean(ys, weight, (-1, -2))
+    # An object with (almost) no pixels may be hidden: start it behind the largest object in front of it.
+    k = mass.shape[1]
+    for j in range(k):
+        front = mass[:, j + 1:]
+        hide = torch.full_like(mass[:, j], 0.5), torch.full_like(mass[:, j], 0.5)
+        if j + 1 < k:
+            big = front.argmax(1, keepdim=True)                                # [B, 1, F]
+            has = front.gather(1, big).squeeze(1) > 0.5
+            hide = (torch.where(has, cx[:, j + 1:].gather(1, big).squeeze(1), 0.5),
+                    torch.where(has, cy[:, j + 1:].gather(1, big).squeeze(1), 0.5))
+        lost = mass[:, j] <= 0.5
+        cx[:, j], cy[:, j] = torch.where(lost, hide[0], cx[:, j]), torch.where(lost, hide[1], cy[:, j])
+    size = (torch.sqrt(mass / math.pi) / min(h, w)).clamp(*SIZE_LIMITS)
+    return cx, cy, size, mass
 
 
 def _layers(cx, cy, size, shape, h, w):
@@ -138,7 +149,7 @@ def _refine(cx, cy, size, shape, colour, bg, target, steps):
         system = jtj + damping[:, None, None] * (torch.diag_embed(diag) + eye)
         step = torch.linalg.solve(system, -jtr.unsqueeze(-1)).squeeze(-1)
         cand = theta + step
-        cand.view(n, k, 3)[..., 2].clamp_(min=0)
+        cand.view(n, k, 3)[..., 2].clamp_(*SIZE_LIMITS)
         c_img, c_jac = _composite_with_jacobian(*unpack(cand), shape, colour, bg)
         c_err = ((c_img - target) ** 2).flatten(1).sum(1)
         better = c_err < err
@@ -160,7 +171,7 @@ def fit_frames(frames: torch.Tensor, batch: SceneBatch, steps: int = 10, toleran
     b, f, _, h, w = frames.shape
     frames = frames.detach().float()
     bg = background_image(batch.background, h, w)                           # [B, 3, H, W]
-    cx, cy, size = _initial_states(frames, batch, bg)                       # [B, K, F]
+    cx, cy, size, mass = _initial_states(frames, batch, bg)                 # [B, K, F]
     img = composite(coverage(cx, cy, size, batch.shape, h, w), batch.colour, bg)
     rmse = ((img - frames) ** 2).mean((2, 3, 4)).sqrt()                     # [B, F]
     bi, fi = (rmse > tolerance).nonzero(as_tuple=True)
@@ -172,7 +183,7 @@ def fit_frames(frames: torch.Tensor, batch: SceneBatch, steps: int = 10, toleran
             v[ib, :, jf] = n
     cx, cy = torch.remainder(cx, 1.0), torch.remainder(cy, 1.0)
     cover = coverage(cx, cy, size, batch.shape, h, w)
-    return FrameFit(cx, cy, size, cover, composite(cover, batch.colour, bg))
+    return FrameFit(cx, cy, size, mass, cover, composite(cover, batch.colour, bg))
 
 
 def _wrap(d: torch.Tensor) -> torch.Tensor:

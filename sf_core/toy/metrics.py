@@ -10,6 +10,8 @@ Real renders score ~0 error / accuracy 1. Per-frame curves ``[B, F]`` (NaN where
 - ``background_error`` RMSE against the exact background where the fit has no object;
 - ``colour_error``     distance (RGB) of each visible object's interior mean colour to its prompt colour;
 - ``sharpness``        gradient energy of the frame / of its fit (1 = exact; < 1 blurred, > 1 noisy);
+- ``opacity``          mean contrast of each visible object's interior against the background along its
+                       prompt colour (1 = exact, 0 = dissolved into the background);
 - ``presence``         fraction of prompt objects found in the frame (a dissolved object is not found);
 - ``flicker``          RMSE of the frame-to-frame change not explained by the fitted frames (NaN at t = 0);
 - ``motion_error``     pixels between each visible object's fitted state and the closest trajectory of its
@@ -24,6 +26,7 @@ Aggregate over clips with :func:`summarize` (t or bootstrap confidence intervals
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +34,7 @@ import torch
 from .fit import fit_frames, fit_motions, trajectory_distance
 from .render import SceneBatch, background_image, composite, coverage, from_latent
 from .stats import Estimate, mean_ci
-from .world import OBJECT_COLOURS, SHAPES, Scene, SceneSpec, parse_prompt, scene_for
+from .world import OBJECT_COLOURS, SIZE_LIMITS, SHAPES, Scene, SceneSpec, parse_prompt, scene_for
 
 ACCUMULATION_CURVES = ("frame_error", "colour_error", "motion_error", "flicker")
 
@@ -106,7 +109,7 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
         visible[:, j] = fit.cover[:, j] * front[:, 0]
         front = front * (1 - fit.cover[:, j:j + 1])
     area = visible.sum((-1, -2))                                                # [B, K, F] pixels
-    found = present & (fit.size * unit >= 0.5)
+    found = present & (fit.mass >= 0.5 * math.pi * (SIZE_LIMITS[0] * unit) ** 2)  # half the smallest object
     seen = found & (area >= 1)
     judged = present & (seen | ~found)                                          # hidden objects are not judged
     obj_mean = lambda v, m: torch.where(m, v, 0).sum(1) / m.sum(1).clamp(min=1) + torch.where(m.sum(1) > 0, 0, float("nan"))
@@ -117,6 +120,11 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
     bg_mean = bg.mean((-1, -2))[:, None, None, :]
     observed = torch.where((n_in > 0)[..., None], mean_colour, bg_mean)        # a lost object shows background
     curves["colour_error"] = obj_mean((observed - batch.colour[:, :, None]).norm(dim=-1), judged)
+    d = batch.colour[..., None, None] - bg.unsqueeze(1)                        # [B, K, 3, H, W]
+    alpha = ((frames - bg.unsqueeze(1)).unsqueeze(1) * d.unsqueeze(2)).sum(3) / (d * d).sum(2, keepdim=True).clamp(min=1e-6)
+    inside = interior.squeeze(3)                                                # [B, K, F, H, W]
+    opacity = (alpha.clamp(0, 1) * inside).sum((-1, -2)) / inside.sum((-1, -2)).clamp(min=1)
+    curves["opacity"] = obj_mean(opacity, judged & (n_in > 0))
     palette = torch.tensor(list(OBJECT_COLOURS.values()))                      # [P, 3]
     nearest = (observed[..., None, :] - palette).norm(dim=-1).argmin(-1)       # [B, K, F]
     prompt_colour = (batch.colour[:, :, None] - palette).norm(dim=-1).argmin(-1)  # [B, K]

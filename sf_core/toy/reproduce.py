@@ -60,23 +60,23 @@ class Profile:
     height: int = 16                  # pixels (latent = height / 2)
     width: int = 16
     frames: int = 9                   # training length in latent frames (a multiple of 3)
-    dim: int = 128
-    ffn_dim: int = 256
+    dim: int = 64
+    ffn_dim: int = 128
     num_heads: int = 1
     num_layers: int = 2
-    batch: int = 8
-    teacher_steps: int = 600
-    teacher_lr: float = 5e-4
-    ode_pairs: int = 48
-    ode_steps: int = 150
-    forcing_steps: int = 150          # teacher / diffusion forcing fine-tuning
-    dmd_steps: int = 60               # generator steps of every DMD student
+    batch: int = 16
+    teacher_steps: int = 250
+    teacher_lr: float = 1e-3
+    ode_pairs: int = 32
+    ode_steps: int = 100
+    forcing_steps: int = 60           # teacher / diffusion forcing fine-tuning
+    dmd_steps: int = 30               # generator steps of every DMD student
     critic_ratio: int = 2             # critic updates per generator update
-    student_lr: float = 1e-4
-    critic_lr: float = 2e-4
+    student_lr: float = 3e-4
+    critic_lr: float = 3e-4
     guidance: float = 3.0
-    many_steps: int = 8               # sampling steps of the many-step TF/DF students and of no other model
-    eval_samples: int = 12
+    many_steps: int = 8               # sampling steps of the many-step TF/DF students (DMD students use 4)
+    eval_samples: int = 8
     eval_lengths: tuple[int, ...] = (1, 3, 10)   # multiples of the training length
     grad_clip: float = 1.0
     seed: int = 0
@@ -84,8 +84,9 @@ class Profile:
 
 PROFILES = {
     "quick": Profile("quick"),
-    "full": Profile("full", teacher_steps=8000, ode_pairs=512, ode_steps=1500, forcing_steps=1500, dmd_steps=800,
-                    critic_ratio=5, eval_samples=128, batch=16),
+    "full": Profile("full", dim=128, ffn_dim=256, teacher_steps=6000, teacher_lr=5e-4, ode_pairs=512,
+                    ode_steps=1500, forcing_steps=1500, dmd_steps=600, critic_ratio=5, many_steps=16, student_lr=1e-4,
+                    critic_lr=1e-4, eval_samples=64),
     "smoke": Profile("smoke", frames=6, dim=32, ffn_dim=64, num_layers=1, batch=2, teacher_steps=2, ode_pairs=2,
                      ode_steps=2, forcing_steps=2, dmd_steps=1, critic_ratio=1, many_steps=2, eval_samples=2,
                      eval_lengths=(1, 2)),

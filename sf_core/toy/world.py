@@ -54,6 +54,8 @@ RANGES = {
     "pulse_amplitude": (0.03, 0.05),
     "pulse_omega": (2 * math.pi / 32, 2 * math.pi / 12),
 }
+SIZE_LIMITS = (RANGES["pulse_size"][0] - RANGES["pulse_amplitude"][1],   # every size any frame can show
+               max(RANGES["size"][1], RANGES["pulse_size"][1] + RANGES["pulse_amplitude"][1]))
 EXTENT = 1.6  # furthest point of any shape from its centre, in sizes (triangle circumradius 1.555)
 
 
