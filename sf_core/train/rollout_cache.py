@@ -86,7 +86,7 @@ class RolloutCache:
         return torch.cat([ck.to(k.dtype), k], 1), torch.cat([cv.to(v.dtype), v], 1)
 
     def end(self) -> None:
-        start, end = self._plan
+        """A read-only view keeps its plan: per-block activation checkpointing recomputes after end()."""
         if self.writable:
-            self.written = max(self.written, end)
-        self._plan = None
+            self.written = max(self.written, self._plan[1])
+            self._plan = None

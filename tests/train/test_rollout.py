@@ -141,6 +141,28 @@ def test_gradient_checkpointing_gives_identical_gradients():
         assert (a - b).abs().max() <= 1e-5 * (1 + b.abs().max())
 
 
+class _CheckpointedBlock(torch.nn.Module):
+    """Per-transformer-block activation checkpointing, as a training loop may apply it."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(self.block, *args, use_reentrant=False, **kwargs)
+
+
+def test_per_transformer_block_checkpointing_is_consistent_with_the_cache():
+    plain, wrapped = _model(1), _model(1)
+    wrapped.blocks = torch.nn.ModuleList(_CheckpointedBlock(b) for b in wrapped.blocks)
+    grads = []
+    for model in (plain, wrapped):
+        out = _rollout(model, RolloutConfig(num_frames=9, rollout_window=6), [1, 1, 1], SeededNoise(2))
+        grads.append(torch.autograd.grad(out.video.pow(2).sum(), list(model.parameters())))
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() <= 1e-5 * (1 + b.abs().max())
+
+
 def _last_chunk_with_perturbed_first_chunk(model, cfg, frames_to_perturb):
     """Output of the last chunk when the cached K/V of some early frames are overwritten just before it."""
     last = cfg.num_frames - cfg.chunk_frames

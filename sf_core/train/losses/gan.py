@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from ...scheduler import FlowMatchScheduler
 from .score import randn_like, sample_score_timestep
-from .sid import frozen
 
 
 def default_feature_layers(num_layers: int) -> tuple[int, ...]:
@@ -76,16 +75,17 @@ def gan_generator_loss(video: torch.Tensor, real: torch.Tensor | None, context: 
                        discriminator: FeatureDiscriminator, rng: torch.Generator, sched: FlowMatchScheduler,
                        weight: float = 1e-2, relativistic: bool = False, min_step: float = 20.0,
                        max_step: float = 980.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """weight · softplus(−D(fake)) (relativistic: softplus(−(D(fake) − D(real))))."""
+    """weight · softplus(−D(fake)) (relativistic: softplus(−(D(fake) − D(real)))).
+
+    The backward also reaches the critic and head parameters; the critic update zeroes them first."""
     t = sample_score_timestep(video.shape[0], rng, sched.shift, min_step, max_step, device=video.device)
-    with frozen(critic, discriminator):
-        fake_logit = discriminator(critic, _noised(video, t, rng, sched), t, context)
-        if relativistic:
-            if real is None:
-                raise ValueError("relativistic GAN needs real latents (TrainBatch.latents)")
-            with torch.no_grad():
-                real_logit = discriminator(critic, _noised(real, t, rng, sched), t, context)
-            fake_logit = fake_logit - real_logit
+    fake_logit = discriminator(critic, _noised(video, t, rng, sched), t, context)
+    if relativistic:
+        if real is None:
+            raise ValueError("relativistic GAN needs real latents (TrainBatch.latents)")
+        with torch.no_grad():
+            real_logit = discriminator(critic, _noised(real.to(video), t, rng, sched), t, context)
+        fake_logit = fake_logit - real_logit
     loss = weight * F.softplus(-fake_logit.float()).mean()
     return loss, {"gan_g_loss": float(loss.detach()), "gan_fake_logit": float(fake_logit.detach().mean())}
 

@@ -3,30 +3,15 @@
 loss = mean[(x0_real − x0_fake) ⊙ ((x0_real − x̂) − α·(x0_real − x0_fake)) / mean|x̂ − x0_real|] in float64,
 with gradients flowing through both score forwards into x̂ (the normaliser is under no_grad). The official
 code reads an undefined `min_score_timestep`; here the score timestep range is explicit (min_step, max_step).
-Score-network parameters are excluded from this graph (their gradient would be discarded anyway).
+The backward also reaches the critic's parameters (as in the official code): the critic update must
+start from zeroed gradients (`zero_grad` before its backward), which discards them.
 """
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import torch
 
 from ...scheduler import FlowMatchScheduler
 from .score import guided_x0, predict_x0, randn_like, sample_score_timestep
-
-
-@contextmanager
-def frozen(*modules):
-    """Temporarily mark parameters as not requiring grad (restores the previous flags)."""
-    params = [p for m in modules if m is not None for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
 
 
 def sid_loss(video: torch.Tensor, context: torch.Tensor, negative_context: torch.Tensor, teacher, critic,
@@ -35,9 +20,8 @@ def sid_loss(video: torch.Tensor, context: torch.Tensor, negative_context: torch
     """video [B, F, C, h, w] carries the generator's gradient; returns (loss, metrics)."""
     t = sample_score_timestep(video.shape[0], rng, sched.shift, min_step, max_step, device=video.device)
     x_t = sched.add_noise(video, randn_like(video, rng), t)
-    with frozen(teacher, critic):
-        x0_fake = predict_x0(critic, x_t, t, context, sched).double()
-        x0_real = guided_x0(teacher, x_t, t, context, negative_context, guidance_scale, sched).double()
+    x0_fake = predict_x0(critic, x_t, t, context, sched).double()
+    x0_real = guided_x0(teacher, x_t, t, context, negative_context, guidance_scale, sched).double()
     x = video.double()
     with torch.no_grad():
         normaliser = (x - x0_real).abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
