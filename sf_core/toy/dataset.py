@@ -7,11 +7,11 @@ from .render import render, to_latent
 from .world import sample_scenes
 
 
-def sample_batch(batch: int, num_frames: int, seed: int, start: int = 0, height: int = 32,
-                 width: int = 32) -> tuple[list[str], torch.Tensor]:
+def sample_batch(batch: int, num_frames: int, seed: int, start: int = 0, height: int = 32, width: int = 32,
+                 device: torch.device | str = "cpu") -> tuple[list[str], torch.Tensor]:
     """Scenes ``start .. start + batch - 1`` of ``seed`` -> (prompts, latents [B, F, 12, H/2, W/2])."""
     scenes = sample_scenes(batch, seed, start)
-    return [s.prompt for s in scenes], to_latent(render(scenes, num_frames, height=height, width=width))
+    return [s.prompt for s in scenes], to_latent(render(scenes, num_frames, height=height, width=width, device=device))
 
 
 class ToyVideoDataset(torch.utils.data.Dataset):

@@ -54,8 +54,8 @@ def _initial_states(frames: torch.Tensor, batch: SceneBatch, bg: torch.Tensor):
     winner = torch.nn.functional.one_hot(resid.argmin(1), batch.shape.shape[1]).movedim(-1, 1).bool()
     weight = alpha * (winner & candidate)                                  # [B, K, F, H, W]
     mass = weight.sum((-1, -2))                                            # [B, K, F] pixels
-    xs = ((torch.arange(w) + 0.5) / w).view(1, 1, 1, 1, w).expand_as(weight)
-    ys = ((torch.arange(h) + 0.5) / h).view(1, 1, 1, h, 1).expand_as(weight)
+    xs = ((torch.arange(w, device=frames.device) + 0.5) / w).view(1, 1, 1, 1, w).expand_as(weight)
+    ys = ((torch.arange(h, device=frames.device) + 0.5) / h).view(1, 1, 1, h, 1).expand_as(weight)
     cx, cy = _circular_mean(xs, weight, (-1, -2)), _circular_mean(ys, weight, (-1, -2))
     # An object with (almost) no pixels may be hidden: start it behind the largest object in front of it.
     k = mass.shape[1]
@@ -80,8 +80,8 @@ def _layers(cx, cy, size, shape, h, w):
     """
     n, k = cx.shape
     unit = min(h, w)
-    px = (torch.arange(w, dtype=cx.dtype) + 0.5).view(1, 1, w)
-    py = (torch.arange(h, dtype=cx.dtype) + 0.5).view(1, h, 1)
+    px = (torch.arange(w, dtype=cx.dtype, device=cx.device) + 0.5).view(1, 1, w)
+    py = (torch.arange(h, dtype=cx.dtype, device=cx.device) + 0.5).view(1, h, 1)
     a = cx.new_zeros(n * k, h, w)
     da = cx.new_zeros(n * k, 3, h, w)
     flat = shape.reshape(-1)
@@ -104,8 +104,8 @@ def _layers(cx, cy, size, shape, h, w):
             s3 = math.sqrt(3) / 2
             planes = torch.stack([dy, -s3 * dx - 0.5 * dy, s3 * dx - 0.5 * dy])           # [3, M, H, W]
             best, arg = planes.max(0)
-            nx = torch.tensor([0.0, -s3, s3], dtype=cx.dtype)[arg]
-            ny = torch.tensor([1.0, -0.5, -0.5], dtype=cx.dtype)[arg]
+            nx = torch.tensor([0.0, -s3, s3], dtype=cx.dtype, device=cx.device)[arg]
+            ny = torch.tensor([1.0, -0.5, -0.5], dtype=cx.dtype, device=cx.device)[arg]
             dist, gx, gy, kr = best - radius * _TRIANGLE_IN, nx, ny, _TRIANGLE_IN
         a[idx] = (0.5 - dist).clamp(0, 1)
         ramp = ((dist > -0.6) & (dist < 0.6)).to(cx.dtype)  # slightly wider: GN steps land on the kinks
@@ -139,8 +139,8 @@ def _refine(cx, cy, size, shape, colour, bg, target, steps):
     unpack = lambda th: th.view(n, k, 3).unbind(-1)
     img, jac = _composite_with_jacobian(*unpack(theta), shape, colour, bg)
     err = ((img - target) ** 2).flatten(1).sum(1)                                 # [N]
-    damping = torch.full((n,), 1e-2, dtype=cx.dtype)
-    eye = torch.eye(3 * k, dtype=cx.dtype)
+    damping = torch.full((n,), 1e-2, dtype=cx.dtype, device=cx.device)
+    eye = torch.eye(3 * k, dtype=cx.dtype, device=cx.device)
     for _ in range(steps):
         resid = (img - target).flatten(1)                                         # [N, M]
         jtj = jac @ jac.transpose(1, 2)                                           # [N, 3K, 3K]
@@ -192,7 +192,7 @@ def _wrap(d: torch.Tensor) -> torch.Tensor:
 
 def _forward_fill(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Replace entries with weight 0 by the last entry with weight > 0 (along the last dim)."""
-    idx = torch.where(weight > 0, torch.arange(a.shape[-1]).expand_as(a), 0).cummax(-1).values
+    idx = torch.where(weight > 0, torch.arange(a.shape[-1], device=a.device).expand_as(a), 0).cummax(-1).values
     return a.gather(-1, idx)
 
 
@@ -224,15 +224,15 @@ def _constant_size(size: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def _pulse_size(size: torch.Tensor, t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Best s + a sin(omega t + phi) within RANGES, per object (weighted grid search on omega, zoomed twice)."""
     lo_range, hi_range = RANGES["pulse_omega"]
-    lo = torch.full(size.shape[:-1], lo_range, dtype=size.dtype)              # [B, K]
+    lo = torch.full(size.shape[:-1], lo_range, dtype=size.dtype, device=size.device)  # [B, K]
     hi = torch.full_like(lo, hi_range)
     w = weight[:, :, None, :, None]                                             # [B, K, 1, F, 1]
     best_err = best_fit = None
     for _ in range(3):
-        omegas = lo[..., None] + (hi - lo)[..., None] * torch.linspace(0, 1, 33, dtype=size.dtype)  # [B, K, G]
+        omegas = lo[..., None] + (hi - lo)[..., None] * torch.linspace(0, 1, 33, dtype=size.dtype, device=size.device)  # [B, K, G]
         wt = omegas[..., None] * t                                              # [B, K, G, F]
         basis = torch.stack([torch.ones_like(wt), torch.sin(wt), torch.cos(wt)], dim=-1)  # [B, K, G, F, 3]
-        gram = basis.transpose(-1, -2) @ (w * basis) + 1e-6 * torch.eye(3, dtype=size.dtype)
+        gram = basis.transpose(-1, -2) @ (w * basis) + 1e-6 * torch.eye(3, dtype=size.dtype, device=size.device)
         rhs = basis.transpose(-1, -2) @ (w * size[:, :, None, :, None])        # [B, K, G, 3, 1]
         coef = torch.linalg.solve(gram, rhs).squeeze(-1)                        # [B, K, G, 3]
         amp = torch.sqrt(coef[..., 1] ** 2 + coef[..., 2] ** 2)
@@ -260,7 +260,7 @@ def fit_motions(cx: torch.Tensor, cy: torch.Tensor, size: torch.Tensor, weight: 
     Returns [M, 3, B, K, F]: (x, y, size) of each family in :data:`MOTIONS` order.
     """
     weight = torch.ones_like(cx) if weight is None else weight.to(cx.dtype)
-    t = torch.arange(cx.shape[-1], dtype=cx.dtype)
+    t = torch.arange(cx.shape[-1], dtype=cx.dtype, device=cx.device)
     still_x = _circular_mean(cx, weight, -1)[..., None].expand_as(cx)
     still_y = _circular_mean(cy, weight, -1)[..., None].expand_as(cy)
     const_size = _constant_size(size, weight)

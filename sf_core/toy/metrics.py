@@ -57,7 +57,7 @@ def accumulation(curve: torch.Tensor, window: int | None = None) -> dict[str, to
     f = curve.shape[1]
     window = max(1, f // 4) if window is None else min(window, f)
     early, late = curve[:, :window].nanmean(1), curve[:, f - window:].nanmean(1)
-    t = torch.arange(f, dtype=curve.dtype).expand_as(curve)
+    t = torch.arange(f, dtype=curve.dtype, device=curve.device).expand_as(curve)
     valid = ~torch.isnan(curve)
     n = valid.sum(1).clamp(min=1)
     tm = torch.where(valid, t, 0).sum(1) / n
@@ -87,10 +87,11 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
         raise ValueError(f"evaluate: expected pixel frames [B, F, 3, H, W], got {tuple(frames.shape)}")
     if len(prompts) != frames.shape[0]:
         raise ValueError(f"evaluate: {len(prompts)} prompts for a batch of {frames.shape[0]} videos")
-    frames = frames.detach().float().cpu().clamp(0, 1)
+    frames = frames.detach().float().clamp(0, 1)
+    device = frames.device
     b, f, _, h, w = frames.shape
     unit = min(h, w)
-    batch = _as_batch(prompts)
+    batch = _as_batch(prompts).to(device)
     k = batch.shape.shape[1]
     present = (batch.shape >= 0)[..., None].expand(-1, -1, f)                 # [B, K, F]
     fit = fit_frames(frames, batch, steps=steps)
@@ -125,7 +126,7 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
     inside = interior.squeeze(3)                                                # [B, K, F, H, W]
     opacity = (alpha.clamp(0, 1) * inside).sum((-1, -2)) / inside.sum((-1, -2)).clamp(min=1)
     curves["opacity"] = obj_mean(opacity, judged & (n_in > 0))
-    palette = torch.tensor(list(OBJECT_COLOURS.values()))                      # [P, 3]
+    palette = torch.tensor(list(OBJECT_COLOURS.values()), device=device)                      # [P, 3]
     nearest = (observed[..., None, :] - palette).norm(dim=-1).argmin(-1)       # [B, K, F]
     prompt_colour = (batch.colour[:, :, None] - palette).norm(dim=-1).argmin(-1)  # [B, K]
     colour_ok = seen & (n_in > 0) & (nearest == prompt_colour[..., None])
@@ -143,7 +144,7 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
         errs.append(torch.stack(alt, 1))                                        # [B, K, F]
     errs = torch.stack(errs)                                                    # [S, B, K, F]
     own = errs.gather(0, batch.shape.clamp(min=0)[None, ..., None].expand(1, -1, -1, f)).squeeze(0)
-    others = torch.where(torch.arange(len(SHAPES)).view(-1, 1, 1, 1) == batch.shape[None, ..., None],
+    others = torch.where(torch.arange(len(SHAPES), device=device).view(-1, 1, 1, 1) == batch.shape[None, ..., None],
                          float("inf"), errs).amin(0)
     curves["shape_accuracy"] = obj_mean((seen & (own < others)).float(), judged)
     curves["presence"] = obj_mean(found.float(), present)
@@ -151,7 +152,7 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
     g = _gradient_energy(frames)
     curves["sharpness"] = g / _gradient_energy(fit.frames).clamp(min=1e-6)
     change = (frames.diff(dim=1) - fit.frames.diff(dim=1)) ** 2
-    curves["flicker"] = torch.cat([torch.full((b, 1), float("nan")), change.mean((2, 3, 4)).sqrt()], 1)
+    curves["flicker"] = torch.cat([torch.full((b, 1), float("nan"), device=device), change.mean((2, 3, 4)).sqrt()], 1)
 
     families = fit_motions(fit.cx, fit.cy, fit.size, seen)                    # [M, 3, B, K, F]
     dist = trajectory_distance(families, fit.cx, fit.cy, fit.size, h, w)      # [M, B, K, F]
@@ -172,7 +173,7 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
 
 def evaluate_latents(latents: torch.Tensor, prompts: list, **kwargs) -> ToyMetrics:
     """:func:`evaluate` for toy latents [B, F, 12, h, w] (decoded exactly by :func:`from_latent`)."""
-    return evaluate(from_latent(latents.detach().float().cpu()), prompts, **kwargs)
+    return evaluate(from_latent(latents.detach().float()), prompts, **kwargs)
 
 
 def summarize(metrics: ToyMetrics, level: float = 0.95, method: str = "t", seed: int = 0) -> dict[str, Estimate]:

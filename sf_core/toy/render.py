@@ -70,6 +70,13 @@ class SceneBatch:
                 self.params[i, j] = torch.tensor([st.x, st.y, st.size, st.speed, st.omega, st.phase,
                                                   st.radius, st.amplitude], dtype=torch.float64)
 
+    def to(self, device: torch.device | str) -> "SceneBatch":
+        """The same batch with every tensor on ``device``."""
+        out = object.__new__(SceneBatch)
+        for name in ("shape", "motion", "colour", "background", "params"):
+            setattr(out, name, getattr(self, name).to(device))
+        return out
+
 
 def trajectories(batch: SceneBatch, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Object centre and size at frame times ``t`` [F] -> x, y, size, each [B, K, F] float32.
@@ -78,7 +85,7 @@ def trajectories(batch: SceneBatch, t: torch.Tensor) -> tuple[torch.Tensor, torc
     """
     p = batch.params.unsqueeze(-1)                               # [B, K, 8, 1]
     x, y, size, speed, omega, phase, radius, amp = p.unbind(-2)  # each [B, K, 1]
-    t = t.to(torch.float64).view(1, 1, -1)
+    t = t.to(dtype=torch.float64, device=p.device).view(1, 1, -1)
     m = batch.motion.unsqueeze(-1)
     shift = speed * t
     angle = torch.remainder(phase + omega * t, 2 * math.pi)
@@ -148,8 +155,8 @@ def render_batch(batch: SceneBatch, num_frames: int, start_frame: int = 0, heigh
 
 
 def render(scene: Scene | list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,
-           width: int = 32) -> torch.Tensor:
+           width: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
     """Ground-truth pixels: one scene -> [F, 3, H, W]; a list -> [B, F, 3, H, W]. Any length, any start."""
     scenes = [scene] if isinstance(scene, Scene) else scene
-    video = render_batch(SceneBatch(scenes), num_frames, start_frame, height, width)
+    video = render_batch(SceneBatch(scenes).to(device), num_frames, start_frame, height, width)
     return video[0] if isinstance(scene, Scene) else video
