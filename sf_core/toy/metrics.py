@@ -166,7 +166,8 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
     clip["motion_accuracy"] = motion_accuracy
     clip["adherence"] = (clip["shape_accuracy"] + clip["colour_accuracy"] + motion_accuracy) / 3
     for name in ACCUMULATION_CURVES:
-        for key, value in accumulation(curves[name], window).items():
+        curve = curves[name][:, 1:] if name == "flicker" else curves[name]   # flicker starts at t = 1
+        for key, value in accumulation(curve, window).items():
             clip[f"{name}_{key}"] = value
     return ToyMetrics(curves, clip)
 

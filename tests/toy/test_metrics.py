@@ -63,6 +63,7 @@ def test_real_clips_are_near_perfect(corrupted):
     assert m["sharpness"] == pytest.approx(1.0, abs=0.02)
     assert m["presence"] > 0.97 and m["adherence"] > 0.97 and m["motion_accuracy"] == 1.0
     assert m["opacity"] > 0.99
+    assert all(v == v for v in m.values()), "no NaN in per-clip metrics of real clips"
 
 
 @pytest.mark.parametrize("corruption,metric,sign", [
@@ -147,7 +148,9 @@ def test_intervals_shrink_with_more_clips():
 def test_latents_and_spec_prompts_are_accepted():
     scenes = sample_scenes(2, 4)
     video = render(scenes, 3)
-    a = evaluate_latents(to_latent(video), [s.prompt for s in scenes]).clip["frame_error"]
+    clip = evaluate_latents(to_latent(video), [s.prompt for s in scenes]).clip
+    assert not any(torch.isnan(v).any() for v in clip.values()), "short real clips: no NaN metric"
+    a = clip["frame_error"]
     b = evaluate(video, [s.spec for s in scenes]).clip["frame_error"]
     assert torch.allclose(a, b, atol=1e-5)
     with pytest.raises(ValueError, match="prompts"):
