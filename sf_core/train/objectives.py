@@ -74,6 +74,8 @@ class ObjectiveConfig:
     r1_weight: float = 0.0
     r1_sigma: float = 0.01
     parallel_window: int = -1                # attention window (frames) of the ODE/TF/DF parallel forwards
+    rollout_dtype: str | None = None         # noise/KV-cache dtype of rollouts ("bfloat16"); None = the
+                                             # generator's parameter dtype
 
     @classmethod
     def from_dict(cls, cfg: dict | None) -> "ObjectiveConfig":
@@ -87,6 +89,9 @@ class ObjectiveConfig:
                 cfg[key] = tuple(cfg[key])
         if len(cfg.get("latent_shape", cls.latent_shape)) != 4:
             raise ValueError("latent_shape must be (frames, channels, h, w)")
+        dtype = cfg.get("rollout_dtype")
+        if dtype is not None and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+            raise ValueError(f"rollout_dtype must be a torch dtype name such as 'bfloat16', got {dtype!r}")
         return cls(**cfg)
 
     def to_dict(self) -> dict:
@@ -140,8 +145,9 @@ class SelfForcingObjective:
 
     def rollout(self, batch: TrainBatch, info: StepInfo, with_grad: bool) -> RolloutResult:
         _, c, h, w = self.cfg.latent_shape
+        dtype = getattr(torch, self.cfg.rollout_dtype) if self.cfg.rollout_dtype else None
         return self_rollout(self.generator, batch.context, (c, h, w), self.rollout_config, info.shared_rng,
-                            rng_noise(info.local_rng), with_grad=with_grad)
+                            rng_noise(info.local_rng), with_grad=with_grad, dtype=dtype)
 
     def generator_loss(self, batch: TrainBatch, info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, rng, sched = self.cfg, info.local_rng, self.scheduler

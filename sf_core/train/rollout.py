@@ -98,16 +98,17 @@ class RolloutResult:
 
 def self_rollout(generator, context: torch.Tensor, latent_shape: tuple[int, int, int], cfg: RolloutConfig,
                  shared_rng: torch.Generator, noise: NoiseFn, with_grad: bool = True,
-                 exit_steps: list[int] | None = None) -> RolloutResult:
+                 exit_steps: list[int] | None = None, dtype: torch.dtype | None = None) -> RolloutResult:
     """Generate a [B, num_frames, C, h, w] clip with `generator` (a CausalWanModel, possibly FSDP-sharded).
 
     latent_shape = (C, h, w). `noise` supplies all Gaussian noise (use `rng_noise(local_rng)` in training);
     `exit_steps` overrides the draw from `shared_rng`. With `with_grad=False` everything runs under no_grad
-    (the critic update's rollout).
+    (the critic update's rollout). `dtype` (noise and KV cache) defaults to the generator's parameter dtype;
+    set it to the compute dtype under FSDP mixed precision (official: bf16).
     """
     channels, h, w = latent_shape
     batch = context.shape[0]
-    device, dtype = context.device, _dtype_of(generator)
+    device, dtype = context.device, dtype or _dtype_of(generator)
     sched = FlowMatchScheduler(cfg.shift)
     timesteps = step_timesteps(cfg)
     exits = exit_steps if exit_steps is not None else draw_exit_steps(cfg, shared_rng, device)

@@ -127,7 +127,7 @@ def test_gan_discriminator_reads_the_critic_features_and_learns():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         assert torch.isfinite(torch.tensor(m["gan_r1"]))
     assert losses[-1] < losses[0]
     assert all(len(blk._forward_hooks) == 0 for blk in critic.blocks)
@@ -172,7 +172,7 @@ def test_parallel_objectives_decrease_under_optimisation(name):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.9 * losses[0]
 
 
@@ -194,7 +194,7 @@ def test_dmd_training_steps_run_and_the_critic_fits_the_generator():
         copt.zero_grad()
         closs.backward()
         copt.step()
-        closses.append(float(closs))
+        closses.append(float(closs.detach()))
     assert any((a - p).abs().max() > 0 for a, p in zip(before, gen.parameters()))
     assert min(closses[3:]) < closses[0]
 
@@ -204,6 +204,8 @@ def test_contract_errors_and_config():
         build_objective("dmd2", {}, _model(0))
     with pytest.raises(ValueError, match="unknown objective config keys"):
         ObjectiveConfig.from_dict({"guidance": 3})
+    with pytest.raises(ValueError, match="rollout_dtype"):
+        ObjectiveConfig.from_dict({"rollout_dtype": "bf16"})
     with pytest.raises(ValueError, match="needs a critic"):
         build_objective("dmd", {}, _model(0))
     cfg = ObjectiveConfig.from_dict({"rolling_trick": True, "latent_shape": [21, 16, 60, 104]})

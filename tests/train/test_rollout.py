@@ -247,3 +247,13 @@ def test_exit_steps_are_broadcast_from_rank_0(tmp_path):
     assert got[0] == got[1] == rank0
     assert rank0 != draw_exit_steps(RolloutConfig(num_frames=21, same_step_across_blocks=False),
                                     torch.Generator().manual_seed(1001))
+
+
+def test_bfloat16_rollout():
+    """bf16 weights: bf16 noise and cache (the official training precision); gradient reaches the weights."""
+    model = _model(1).to(torch.bfloat16)
+    out = self_rollout(model, _ctx().bfloat16(), LATENT, RolloutConfig(num_frames=6, rollout_window=3),
+                       torch.Generator().manual_seed(0), SeededNoise(0))
+    assert out.video.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.video.float().pow(2).sum(), list(model.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
