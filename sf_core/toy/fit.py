@@ -3,11 +3,12 @@
 Two levels, both fully vectorised:
 
 1. :func:`fit_frames` — for every frame and every object the prompt names (shape, colour and background are
-   known from the prompt), find the centre and size whose exact rendering is closest (mean squared error) to
-   the frame: moment initialisation from a per-pixel colour decomposition, then Adam on the rendering
-   (differentiable through the anti-aliasing ramp, objects composited in depth order, so occlusion is
-   handled). The fitted frame is a valid frame of the prompt, so its distance to the input is an upper
-   bound on the distance to the nearest valid frame, and 0 (to optimiser tolerance) for real frames.
+   known from the prompt), find the centre and size (within SIZE_LIMITS) whose exact rendering is closest
+   (squared error) to the frame: moment initialisation from a per-pixel colour decomposition, then
+   Levenberg-Marquardt with the analytic Jacobian of the rendering (through the anti-aliasing ramp, objects
+   composited in depth order, so occlusion is handled). The fitted frame is a valid frame of the prompt, so
+   its distance to the input is an upper bound on the distance to the nearest valid frame, and ~0 (RMSE
+   ~1e-5) for real frames.
 2. :func:`fit_motions` — the per-frame states are fitted by the trajectory of every motion family, with the
    nuisance parameters constrained to :data:`sf_core.toy.world.RANGES` (closed-form least squares, then
    clamped; the pulse frequency by a three-level grid search). A frozen object therefore does not fit
@@ -20,8 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .render import SceneBatch, background_image, composite, coverage
-from .render import _SQUARE_HALF, _TRIANGLE_IN
+from .render import SQUARE_HALF_SIDE, TRIANGLE_INRADIUS, SceneBatch, background_image, composite, coverage
 from .world import MOTIONS, RANGES, SHAPES, SIZE_LIMITS
 
 
@@ -76,7 +76,8 @@ def _initial_states(frames: torch.Tensor, batch: SceneBatch, bg: torch.Tensor):
 def _layers(cx, cy, size, shape, h, w):
     """Coverage and its derivatives for one frame per item: states [N, K] -> a [N, K, H, W], da [N, K, 3, H, W].
 
-    The derivatives of clamp(0.5 - d) are taken analytically (d = signed distance, piecewise smooth).
+    Same distances as :func:`sf_core.toy.render.coverage`; the derivatives of clamp(0.5 - d) are analytic
+    (d = signed distance, piecewise smooth).
     """
     n, k = cx.shape
     unit = min(h, w)
@@ -98,15 +99,15 @@ def _layers(cx, cy, size, shape, h, w):
             dist, gx, gy, kr = rho - radius, dx / rho, dy / rho, 1.0
         elif kind == 1:
             horizontal = dx.abs() >= dy.abs()
-            dist = torch.maximum(dx.abs(), dy.abs()) - radius * _SQUARE_HALF
-            gx, gy, kr = torch.sign(dx) * horizontal, torch.sign(dy) * ~horizontal, _SQUARE_HALF
+            dist = torch.maximum(dx.abs(), dy.abs()) - radius * SQUARE_HALF_SIDE
+            gx, gy, kr = torch.sign(dx) * horizontal, torch.sign(dy) * ~horizontal, SQUARE_HALF_SIDE
         else:
             s3 = math.sqrt(3) / 2
             planes = torch.stack([dy, -s3 * dx - 0.5 * dy, s3 * dx - 0.5 * dy])           # [3, M, H, W]
             best, arg = planes.max(0)
             nx = torch.tensor([0.0, -s3, s3], dtype=cx.dtype, device=cx.device)[arg]
             ny = torch.tensor([1.0, -0.5, -0.5], dtype=cx.dtype, device=cx.device)[arg]
-            dist, gx, gy, kr = best - radius * _TRIANGLE_IN, nx, ny, _TRIANGLE_IN
+            dist, gx, gy, kr = best - radius * TRIANGLE_INRADIUS, nx, ny, TRIANGLE_INRADIUS
         a[idx] = (0.5 - dist).clamp(0, 1)
         ramp = ((dist > -0.6) & (dist < 0.6)).to(cx.dtype)  # slightly wider: GN steps land on the kinks
         da[idx] = torch.stack([ramp * w * gx, ramp * h * gy, ramp * unit * kr * torch.ones_like(gx)], 1)

@@ -23,8 +23,8 @@ from .world import BACKGROUND_COLOURS, MOTIONS, OBJECT_COLOURS, SHAPES, Scene
 LATENT_FACTOR = 2
 LATENT_CHANNELS = 3 * LATENT_FACTOR ** 2
 
-_SQUARE_HALF = math.sqrt(math.pi) / 2                  # half side, in sizes (area pi * size^2)
-_TRIANGLE_IN = math.sqrt(math.pi / (3 * math.sqrt(3)))  # inradius of the equilateral triangle, in sizes
+SQUARE_HALF_SIDE = math.sqrt(math.pi) / 2                  # half side, in sizes (area pi * size^2)
+TRIANGLE_INRADIUS = math.sqrt(math.pi / (3 * math.sqrt(3)))  # inradius of the equilateral triangle, in sizes
 
 
 def to_latent(pixels: torch.Tensor) -> torch.Tensor:
@@ -103,9 +103,9 @@ def _signed_distance(shape: int, dx: torch.Tensor, dy: torch.Tensor, r: torch.Te
     if shape == 0:
         return torch.sqrt(dx * dx + dy * dy + 1e-12) - r
     if shape == 1:
-        return torch.maximum(dx.abs(), dy.abs()) - r * _SQUARE_HALF
+        return torch.maximum(dx.abs(), dy.abs()) - r * SQUARE_HALF_SIDE
     s3 = math.sqrt(3) / 2
-    return torch.maximum(torch.maximum(dy, -s3 * dx - 0.5 * dy), s3 * dx - 0.5 * dy) - r * _TRIANGLE_IN
+    return torch.maximum(torch.maximum(dy, -s3 * dx - 0.5 * dy), s3 * dx - 0.5 * dy) - r * TRIANGLE_INRADIUS
 
 
 def coverage(cx: torch.Tensor, cy: torch.Tensor, size: torch.Tensor, shape: torch.Tensor,
