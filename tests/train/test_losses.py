@@ -34,7 +34,8 @@ def _rand(*shape, seed=0):
 
 
 def _batch(seed=0):
-    return TrainBatch(context=_rand(1, 5, TINY.text_dim, seed=seed), negative_context=_rand(1, 5, TINY.text_dim, seed=99),
+    return TrainBatch(context=_rand(1, 5, TINY.text_dim, seed=seed),
+                      negative_context=_rand(1, 5, TINY.text_dim, seed=99),
                       latents=_rand(1, *SHAPE, seed=seed + 1), ode_trajectory=_rand(1, 5, *SHAPE, seed=seed + 2))
 
 
@@ -155,7 +156,8 @@ def test_objective_runs_and_only_trainable_modules_get_gradients(name):
         closs, _ = obj.critic_loss(_batch(1), _info(1))
         closs.backward()
         assert torch.isfinite(closs)
-        assert all((a is None and p.grad is None) or torch.equal(a, p.grad) for a, p in zip(gen_grads, gen.parameters()))
+        assert all((a is None and p.grad is None) or torch.equal(a, p.grad)
+                   for a, p in zip(gen_grads, gen.parameters()))
         assert any(p.grad is not None for p in critic.parameters())
     else:
         assert obj.critic_loss(_batch(), _info()) is None

@@ -47,7 +47,8 @@ def test_kept_points_are_the_warped_inference_steps():
 
 
 def test_trajectory_lands_on_the_kept_noise_levels():
-    """With the exact straight flow, Euler is exact: point k is (1 − σ_k)·x0 + σ_k·ε at σ = 1, .9375, .8333, .625, 0."""
+    """With the exact straight flow Euler is exact: point k is (1 − σ_k)·x0 + σ_k·ε,
+    σ = 1, .9375, .8333, .625, 0."""
     x0, eps = _rand(*SHAPE, seed=1), _rand(*SHAPE, seed=2)
     ctx = torch.zeros(1, 5, TINY.text_dim)
     traj = generate_ode_trajectory(StraightFlow(x0), ctx, None, eps, guidance_scale=6.0)

@@ -1,6 +1,7 @@
 """Score identity distillation generator loss (selfforcing.md §7.8), runnable by name.
 
-loss = mean[(x0_real − x0_fake) ⊙ ((x0_real − x̂) − α·(x0_real − x0_fake)) / mean|x̂ − x0_real|] in float64,
+loss = mean[(x0_real − x0_fake) ⊙ ((x0_real − x̂) − α·(x0_real − x0_fake)) / mean|x̂ − x0_real|]
+in float64,
 with gradients flowing through both score forwards into x̂ (the normaliser is under no_grad). The official
 code reads an undefined `min_score_timestep`; here the score timestep range is explicit (min_step, max_step).
 The backward also reaches the critic's parameters (as in the official code): the critic update must
