@@ -230,7 +230,8 @@ def _pulse_size(size: torch.Tensor, t: torch.Tensor, weight: torch.Tensor) -> to
     w = weight[:, :, None, :, None]                                             # [B, K, 1, F, 1]
     best_err = best_fit = None
     for _ in range(3):
-        omegas = lo[..., None] + (hi - lo)[..., None] * torch.linspace(0, 1, 33, dtype=size.dtype, device=size.device)  # [B, K, G]
+        grid = torch.linspace(0, 1, 33, dtype=size.dtype, device=size.device)
+        omegas = lo[..., None] + (hi - lo)[..., None] * grid                     # [B, K, G]
         wt = omegas[..., None] * t                                              # [B, K, G, F]
         basis = torch.stack([torch.ones_like(wt), torch.sin(wt), torch.cos(wt)], dim=-1)  # [B, K, G, F, 3]
         gram = basis.transpose(-1, -2) @ (w * basis) + 1e-6 * torch.eye(3, dtype=size.dtype, device=size.device)

@@ -75,6 +75,13 @@ def _as_batch(prompts: list[str | SceneSpec | Scene]) -> SceneBatch:
     return SceneBatch(scenes)
 
 
+def _object_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the objects selected by ``mask``: [B, K, F] -> [B, F] (NaN where none is selected)."""
+    count = mask.sum(1)
+    mean = torch.where(mask, values, 0).sum(1) / count.clamp(min=1)
+    return torch.where(count > 0, mean, float("nan"))
+
+
 def _gradient_energy(img: torch.Tensor) -> torch.Tensor:
     """[B, F, 3, H, W] -> [B, F]."""
     return (img.diff(dim=-1) ** 2).sum((2, 3, 4)) + (img.diff(dim=-2) ** 2).sum((2, 3, 4))
@@ -113,24 +120,24 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
     found = present & (fit.mass >= 0.5 * math.pi * (SIZE_LIMITS[0] * unit) ** 2)  # half the smallest object
     seen = found & (area >= 1)
     judged = present & (seen | ~found)                                          # hidden objects are not judged
-    obj_mean = lambda v, m: torch.where(m, v, 0).sum(1) / m.sum(1).clamp(min=1) + torch.where(m.sum(1) > 0, 0, float("nan"))
 
     interior = (visible >= 0.9).unsqueeze(3)                                    # [B, K, F, 1, H, W]
     n_in = interior.sum((-1, -2, -3))                                           # [B, K, F]
     mean_colour = (frames.unsqueeze(1) * interior).sum((-1, -2)) / n_in.clamp(min=1)[..., None]  # [B, K, F, 3]
     bg_mean = bg.mean((-1, -2))[:, None, None, :]
     observed = torch.where((n_in > 0)[..., None], mean_colour, bg_mean)        # a lost object shows background
-    curves["colour_error"] = obj_mean((observed - batch.colour[:, :, None]).norm(dim=-1), judged)
+    curves["colour_error"] = _object_mean((observed - batch.colour[:, :, None]).norm(dim=-1), judged)
     d = batch.colour[..., None, None] - bg.unsqueeze(1)                        # [B, K, 3, H, W]
-    alpha = ((frames - bg.unsqueeze(1)).unsqueeze(1) * d.unsqueeze(2)).sum(3) / (d * d).sum(2, keepdim=True).clamp(min=1e-6)
+    along = ((frames - bg.unsqueeze(1)).unsqueeze(1) * d.unsqueeze(2)).sum(3)  # [B, K, F, H, W]
+    alpha = along / (d * d).sum(2, keepdim=True).clamp(min=1e-6)
     inside = interior.squeeze(3)                                                # [B, K, F, H, W]
     opacity = (alpha.clamp(0, 1) * inside).sum((-1, -2)) / inside.sum((-1, -2)).clamp(min=1)
-    curves["opacity"] = obj_mean(opacity, judged & (n_in > 0))
+    curves["opacity"] = _object_mean(opacity, judged & (n_in > 0))
     palette = torch.tensor(list(OBJECT_COLOURS.values()), device=device)                      # [P, 3]
     nearest = (observed[..., None, :] - palette).norm(dim=-1).argmin(-1)       # [B, K, F]
     prompt_colour = (batch.colour[:, :, None] - palette).norm(dim=-1).argmin(-1)  # [B, K]
     colour_ok = seen & (n_in > 0) & (nearest == prompt_colour[..., None])
-    curves["colour_accuracy"] = obj_mean(colour_ok.float(), judged)
+    curves["colour_accuracy"] = _object_mean(colour_ok.float(), judged)
 
     # Shape: the prompted shape must explain the frame strictly better than either other shape.
     errs = []
@@ -146,8 +153,8 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
     own = errs.gather(0, batch.shape.clamp(min=0)[None, ..., None].expand(1, -1, -1, f)).squeeze(0)
     others = torch.where(torch.arange(len(SHAPES), device=device).view(-1, 1, 1, 1) == batch.shape[None, ..., None],
                          float("inf"), errs).amin(0)
-    curves["shape_accuracy"] = obj_mean((seen & (own < others)).float(), judged)
-    curves["presence"] = obj_mean(found.float(), present)
+    curves["shape_accuracy"] = _object_mean((seen & (own < others)).float(), judged)
+    curves["presence"] = _object_mean(found.float(), present)
 
     g = _gradient_energy(frames)
     curves["sharpness"] = g / _gradient_energy(fit.frames).clamp(min=1e-6)
@@ -157,7 +164,7 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
     families = fit_motions(fit.cx, fit.cy, fit.size, seen)                    # [M, 3, B, K, F]
     dist = trajectory_distance(families, fit.cx, fit.cy, fit.size, h, w)      # [M, B, K, F]
     own_motion = dist.gather(0, batch.motion[None, ..., None].expand(1, -1, -1, f)).squeeze(0)
-    curves["motion_error"] = obj_mean(own_motion, seen)
+    curves["motion_error"] = _object_mean(own_motion, seen)
     per_family = torch.where(seen, dist, 0).sum(-1) / seen.sum(-1).clamp(min=1)  # [M, B, K]
     motion_ok = (per_family.argmin(0) == batch.motion) & seen.any(-1)
     motion_accuracy = torch.where(present[..., 0], motion_ok.float(), 0).sum(1) / present[..., 0].sum(1)

@@ -10,8 +10,8 @@ def _states(n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     batch = SceneBatch(sample_scenes(n, seed))
     k = batch.shape.shape[1]
-    return batch, torch.rand(n, k, generator=g, dtype=torch.float64), torch.rand(n, k, generator=g, dtype=torch.float64), \
-        0.06 + 0.1 * torch.rand(n, k, generator=g, dtype=torch.float64)
+    cx, cy, size = torch.rand(3, n, k, generator=g, dtype=torch.float64)
+    return batch, cx, cy, 0.06 + 0.1 * size
 
 
 def test_fit_layers_match_the_renderer():
