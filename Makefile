@@ -22,4 +22,4 @@ demo: setup
 test:
 	bash scripts/install_comfyui.sh $(COMFY_VENV)
 	bash scripts/install_browser.sh
-	$(COMFY_VENV)/bin/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(COMFY_VENV)/bin/python -m pytest -q tests

@@ -34,8 +34,10 @@ class PromptSwitch:
 
 class StreamingPipeline:
     def __init__(self, model: CausalWanModel, stream_config: StreamConfig | None = None, device=None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, spatial_stride: int = 8):
+        """`spatial_stride`: pixels per latent pixel of the decoder in use (8 for the Wan VAE)."""
         self.model = model
+        self.spatial_stride = spatial_stride
         self.config = stream_config or StreamConfig()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype = dtype or model.dtype
@@ -45,13 +47,14 @@ class StreamingPipeline:
 
     # -- set-up ------------------------------------------------------------------------------------------
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
-        """Pixel size -> latent size (VAE stride 8; the patch needs an even latent size)."""
+        """Pixel size -> latent size (decoder stride; the patch needs a latent size divisible by it)."""
         _, ph, pw = self.model.config.patch_size
-        if height % (8 * ph) or width % (8 * pw) or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive multiples of {8 * ph} pixels, got "
+        m = self.spatial_stride * ph
+        if height % m or width % (self.spatial_stride * pw) or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of {m} pixels, got "
                              f"{height}×{width}; nearest valid size: "
-                             f"{max(16, round(height / 16) * 16)}×{max(16, round(width / 16) * 16)}")
-        return height // 8, width // 8
+                             f"{max(m, round(height / m) * m)}×{max(m, round(width / m) * m)}")
+        return height // self.spatial_stride, width // self.spatial_stride
 
     def start(self, context: torch.Tensor, height: int, width: int, seed: int = 0,
               noise: NoiseSource | None = None, initial_latents: torch.Tensor | None = None,
