@@ -116,8 +116,14 @@ class ComfyClient:
     def object_info(self) -> dict:
         return self.get_json("/object_info")
 
-    def history(self, prompt_id: str) -> dict:
-        return self.get_json(f"/history/{prompt_id}").get(prompt_id, {})
+    def history(self, prompt_id: str, timeout: float = 30) -> dict:
+        """The prompt's history entry; waits for it (the server stores it just after the terminal message)."""
+        deadline = time.time() + timeout
+        while True:
+            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            if entry is not None or time.time() > deadline:
+                return entry or {}
+            time.sleep(0.05)
 
     def interrupt(self) -> None:
         status, body = self.request("POST", "/interrupt", {})

@@ -243,3 +243,26 @@ def test_image_start_needs_an_encoder(comfy, models):
                                                           "tiny_decoder_mode": "memory"}}
     _, messages = run(comfy, graph)
     assert "cannot encode images" in error_message(messages)
+
+
+def test_exported_native_ar_file_loads_and_streams(comfy, models):
+    name = f"native_ar_{uuid.uuid4().hex[:8]}.safetensors"
+    graph = {"1": copy.deepcopy(workflow("t2v_stream")["1"]),
+             "2": {"class_type": "SFExportNativeAR", "inputs": {"sf_model": ["1", 0], "filename": name,
+                                                                "overwrite": False}}}
+    prompt_id, messages = run(comfy, graph)
+    assert messages[-1].type == "execution_success", messages[-1].data
+    path = Path(comfy.history(prompt_id)["outputs"]["2"]["text"][0])
+    assert path == comfy.base_dir / "models" / "diffusion_models" / name
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert json.loads(f.metadata()["config"])["transformer"]["causal_ar"] is True
+    again = {k: v for k, v in graph.items()}
+    _, messages = run(comfy, again)
+    assert "exists" in error_message(messages)
+
+    stream = workflow("t2v_stream", chunks=1)
+    stream["1"]["inputs"]["model_name"] = name
+    _, messages = run(comfy, stream)
+    assert messages[-1].type == "execution_success", messages[-1].data
