@@ -1,5 +1,6 @@
-"""`python -m sf_core.train --config FILE [key.sub=value ...]` (also under `torchrun`), and
-`python -m sf_core.train export --config FILE --checkpoint DIR --out FILE`."""
+"""`python -m sf_core.train --config FILE [key.sub=value ...]` (also under `torchrun`);
+`python -m sf_core.train encode --config FILE` fills the text-embedding cache for all prompts;
+`python -m sf_core.train export --config FILE [--checkpoint DIR] --out FILE` exports a checkpoint's generator."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv.pop(0) if argv and argv[0] in ("train", "export") else "train"
+    command = argv.pop(0) if argv and argv[0] in ("train", "export", "encode") else "train"
     parser = argparse.ArgumentParser(prog="python -m sf_core.train", description=__doc__)
     parser.add_argument("--config", required=True, help="YAML or TOML training config")
     if command == "export":
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command == "export":
         return _export(cfg, args.checkpoint, args.out)
+    if command == "encode":
+        import json
+
+        from .loop import encode_prompts
+        print(json.dumps({"encoded_prompts": encode_prompts(cfg)}))
+        return 0
     from .loop import main_train
     main_train(cfg)
     return 0

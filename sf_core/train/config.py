@@ -96,6 +96,7 @@ class DataSection:
     prompts: str | None = None           # text file, one prompt per line
     text_encoder: str | None = None      # umT5 weights (ComfyUI safetensors or official .pth)
     tokenizer: str | None = None
+    text_encoder_offload: bool = False   # keep umT5 weights on the CPU, on the GPU only while encoding
     embeddings_cache: str | None = None  # folder; default <output_dir>/text_cache
     negative_prompt: str = NEGATIVE_PROMPT
     ode_pairs: str | None = None         # sf_core.train.ode_pairs file: `latents` [N, K, F, C, h, w]

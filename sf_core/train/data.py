@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -42,13 +43,24 @@ class EmbeddingCache:
     """Prompt -> `[text_len, D]` embedding, computed once by `encoder` and kept as safetensors on disk.
 
     `encoder` is any object with `encode(list[str]) -> [B, L, D]` (e.g. `sf_core.text.TextEncoder`); it
-    may be None when every needed prompt is already cached.
+    may be None when every needed prompt is already cached: the cache then uses the encoder id recorded
+    in `<folder>/encoder_id` by the run that filled it.
     """
 
-    def __init__(self, folder: str | Path, encoder, encoder_id: str, text_len: int):
+    def __init__(self, folder: str | Path, encoder, encoder_id: str | None, text_len: int):
         self.folder = Path(folder)
-        self.encoder, self.encoder_id, self.text_len = encoder, encoder_id, text_len
         self.folder.mkdir(parents=True, exist_ok=True)
+        record = self.folder / "encoder_id"
+        if encoder_id is None:
+            if not record.is_file():
+                raise DataError(f"{self.folder}: no text encoder configured and no cached embeddings "
+                                "(encoder_id missing); set data.text_encoder or run `python -m sf_core.train encode`")
+            encoder_id = record.read_text(encoding="utf-8").strip()
+        elif not record.is_file() or record.read_text(encoding="utf-8").strip() != encoder_id:
+            tmp = record.with_name(f".encoder_id.{os.getpid()}")
+            tmp.write_text(encoder_id + "\n", encoding="utf-8")
+            os.replace(tmp, record)
+        self.encoder, self.encoder_id, self.text_len = encoder, encoder_id, text_len
 
     def path_for(self, prompt: str) -> Path:
         digest = hashlib.sha256(f"{self.encoder_id}\0{prompt}".encode("utf-8")).hexdigest()

@@ -105,17 +105,7 @@ class Trainer:
         cfg, ctx, d = self.cfg, self.ctx, self.cfg.data
         embeddings = None
         if d.prompts or d.text_encoder or d.embeddings_cache:
-            encoder, encoder_id = None, "precomputed"
-            if d.text_encoder:
-                from sf_core.text import TextEncoder
-                dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
-                weights = self._tiny_text_encoder() if d.text_encoder.startswith(TINY_PREFIX) else d.text_encoder
-                encoder = TextEncoder.load(weights, d.tokenizer, dtype=dtype, device=ctx.device,
-                                           seq_len=self.model_config.text_len)
-                st = os.stat(weights)
-                encoder_id = f"{Path(weights).name}:{st.st_size}:{self.model_config.text_len}:{dtype}"
-            folder = d.embeddings_cache or self.out / "text_cache"
-            embeddings = EmbeddingCache(folder, encoder, encoder_id, self.model_config.text_len)
+            embeddings = embedding_cache(cfg, ctx, self.model_config.text_len)
         self.embeddings = embeddings
         self.prompts = read_prompts(d.prompts) if d.prompts else None
         self.data = BatchSource(
@@ -124,16 +114,6 @@ class Trainer:
             ode_pairs=ode_pair_dataset(d.ode_pairs) if d.ode_pairs else None,
             latents=latent_dataset(d.latents) if d.latents else None,
             seed=cfg.run.seed, shuffle=d.shuffle, rank=ctx.rank, world=ctx.world_size, batch=d.batch_size)
-
-    def _tiny_text_encoder(self) -> Path:
-        """`data.text_encoder: tiny:umt5` — a tiny random umT5 (tests, smoke runs), written once by rank 0."""
-        from sf_core.tiny_assets import make_tiny_umt5
-        path = self.out / "tiny_umt5.safetensors"
-        if self.ctx.is_main and not path.is_file():
-            tmp = make_tiny_umt5(self.out / f".tiny_umt5.{os.getpid()}.safetensors")
-            os.replace(tmp, path)
-        self.ctx.barrier()
-        return path
 
     def _resume(self) -> None:
         cfg = self.cfg
@@ -258,6 +238,44 @@ class Trainer:
             self.save()
         self.export()
         self.logger.close()
+
+
+def tiny_text_encoder(out: Path, ctx: DistContext) -> Path:
+    """`data.text_encoder: tiny:umt5` — a tiny random umT5 (tests, smoke runs), written once by rank 0."""
+    from sf_core.tiny_assets import make_tiny_umt5
+    path = Path(out) / "tiny_umt5.safetensors"
+    if ctx.is_main and not path.is_file():
+        tmp = make_tiny_umt5(Path(out) / f".tiny_umt5.{os.getpid()}.safetensors")
+        os.replace(tmp, path)
+    ctx.barrier()
+    return path
+
+
+def embedding_cache(cfg: TrainConfig, ctx: DistContext, text_len: int) -> EmbeddingCache:
+    """The run's text-embedding cache, with the configured umT5 encoder (None: cached prompts only)."""
+    d = cfg.data
+    encoder, encoder_id = None, None
+    weights = d.text_encoder
+    if weights and weights.startswith(TINY_PREFIX):
+        weights = tiny_text_encoder(Path(cfg.run.output_dir), ctx)
+    if weights:
+        from sf_core.text import TextEncoder
+        dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
+        encoder = TextEncoder.load(weights, d.tokenizer, dtype=dtype, device=ctx.device, seq_len=text_len,
+                                   offload=d.text_encoder_offload)
+        encoder_id = f"{Path(weights).name}:{os.stat(weights).st_size}:{text_len}:{dtype}"
+    return EmbeddingCache(d.embeddings_cache or Path(cfg.run.output_dir) / "text_cache", encoder, encoder_id, text_len)
+
+
+def encode_prompts(cfg: TrainConfig, batch: int = 16) -> int:
+    """Fill the embedding cache for every prompt of `data.prompts` (and the negative prompt) in one process
+    on `distributed.device`, so training never loads the text encoder; returns the number of prompts."""
+    ctx = init_distributed(cfg.distributed)
+    cache = embedding_cache(cfg, ctx, cfg.model_config().text_len)
+    prompts = read_prompts(cfg.data.prompts) + [cfg.data.negative_prompt]
+    for i in range(0, len(prompts), batch):
+        cache.get(prompts[i:i + batch])
+    return len(prompts)
 
 
 def main_train(cfg: TrainConfig, decode_fn=None) -> None:

@@ -102,3 +102,16 @@ def test_resume_path_must_exist(tmp_path, bad, message):
     from sf_core.train.config import TrainConfigError
     with pytest.raises(TrainConfigError, match=message):
         _cfg(tmp_path, bad)
+
+
+def test_precomputed_embeddings_train_without_the_text_encoder(tmp_path):
+    from sf_core.train.loop import encode_prompts
+    cache = tmp_path / "cache"
+    cfg = _cfg(tmp_path, f"data.embeddings_cache={cache}", "run.max_steps=1")
+    assert encode_prompts(cfg) == 7  # six prompts + the negative prompt
+    files = sorted(cache.glob("*.safetensors"))
+    assert len(files) == 7
+    trainer = Trainer(_cfg(tmp_path, f"data.embeddings_cache={cache}", "data.text_encoder=null", "run.max_steps=1"))
+    assert trainer.embeddings.encoder is None
+    trainer.run()
+    assert sorted(cache.glob("*.safetensors")) == files  # nothing re-encoded
