@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import save_safetensors
+from ..checkpoint import load_model, save_safetensors
 from ..config import ModelConfig, StreamConfig
 from ..model import CausalWanModel
 from ..noise import SeededNoise
@@ -95,7 +95,7 @@ PROFILES = {
 
 @dataclass(frozen=True)
 class Student:
-    method: str                       # teacher_forcing | diffusion_forcing | tf_dmd | df_dmd | self_forcing
+    method: str                       # ode_init | teacher_forcing | diffusion_forcing | tf_dmd | df_dmd | self_forcing
     chunk: int
     rolling_trick: bool = False
 
@@ -105,7 +105,7 @@ class Student:
 
     @property
     def label(self) -> str:
-        names = {"teacher_forcing": "Teacher forcing (many-step)", "diffusion_forcing": "Diffusion forcing (many-step)",
+        names = {"ode_init": "ODE init (no further training)", "teacher_forcing": "Teacher forcing (many-step)", "diffusion_forcing": "Diffusion forcing (many-step)",
                  "tf_dmd": "TF + DMD", "df_dmd": "DF + DMD", "self_forcing": "Self forcing + DMD"}
         return names[self.method] + (" + rolling trick" if self.rolling_trick else "")
 
@@ -117,7 +117,7 @@ class Student:
 def students() -> list[Student]:
     out = []
     for chunk in (3, 1):
-        out += [Student(m, chunk) for m in ("teacher_forcing", "diffusion_forcing", "tf_dmd", "df_dmd", "self_forcing")]
+        out += [Student(m, chunk) for m in ("ode_init", "teacher_forcing", "diffusion_forcing", "tf_dmd", "df_dmd", "self_forcing")]
         out.append(Student("self_forcing", chunk, rolling_trick=True))
     return out
 
@@ -264,7 +264,9 @@ def train_student(run: Run, s: Student, init: CausalWanModel, teacher: CausalWan
         _, ctx, latents = run.data(10_000 + step)
         return TrainBatch(ctx, None, latents=latents)
 
-    if s.many_step:
+    if s.method == "ode_init":
+        objective, steps = None, 0
+    elif s.many_step:
         objective = build_objective(s.method, cfg, student)
         steps = run.p.forcing_steps
     else:
@@ -275,7 +277,8 @@ def train_student(run: Run, s: Student, init: CausalWanModel, teacher: CausalWan
             mode = "teacher_forcing" if s.method == "tf_dmd" else "diffusion_forcing"
             objective = ForcingDMDObjective(mode, cfg, student, teacher, critic)
         steps = run.p.dmd_steps
-    train_loop(run, s.key, objective, steps, batch)
+    if objective is not None:
+        train_loop(run, s.key, objective, steps, batch)
     student.eval().requires_grad_(False)
     window = cfg.window() if s.rolling_trick else eval_window(run.p.frames, s.chunk)
     run.save(student, s.key, run.stream_config(s.chunk, s.many_step, window))
@@ -383,7 +386,10 @@ def hardware(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def reproduce(profile: Profile, device: str, out: Path, report: Path, command: str) -> dict:
+def reproduce(profile: Profile, device: str, out: Path, report: Path, command: str, init_from: Path | None = None,
+              only: set[str] | None = None) -> dict:
+    """The whole pipeline; `init_from` loads teacher and ODE inits from an earlier run's `--out` instead of
+    training them (same profile model size), `only` restricts the students (keys like "self_forcing_c3")."""
     run = Run(profile, device, out)
     began = time.perf_counter()
     stage = time.perf_counter()
@@ -393,11 +399,17 @@ def reproduce(profile: Profile, device: str, out: Path, report: Path, command: s
         run.timings[name] = time.perf_counter() - stage
         stage = time.perf_counter()
 
-    teacher = train_teacher(run)
-    lap("teacher")
-    trajs, ctxs = ode_pairs(run, teacher)
-    inits = {c: ode_init(run, teacher, trajs, ctxs, c) for c in (3, 1)}
-    lap("ode")
+    if init_from is not None:
+        load = lambda name: load_model(init_from / "checkpoints" / f"{name}.safetensors", device=run.device)[0]
+        teacher = load("teacher").eval().requires_grad_(False)
+        inits = {c: load(f"ode_init_c{c}") for c in (3, 1)}
+        run.log(f"teacher and ODE inits loaded from {init_from}")
+    else:
+        teacher = train_teacher(run)
+        lap("teacher")
+        trajs, ctxs = ode_pairs(run, teacher)
+        inits = {c: ode_init(run, teacher, trajs, ctxs, c) for c in (3, 1)}
+        lap("ode")
     prompts = eval_prompts(run)
     _, truth = sample_batch(profile.eval_samples, profile.frames, EVAL_SEED + profile.seed, 0, profile.height, profile.width)
     results = {"references": {
@@ -406,6 +418,8 @@ def reproduce(profile: Profile, device: str, out: Path, report: Path, command: s
         "students": {}}
     train_time = eval_time = 0.0
     for s in students():
+        if only is not None and s.key not in only:
+            continue
         t0 = time.perf_counter()
         model = train_student(run, s, inits[s.chunk], teacher)
         t1 = time.perf_counter()
@@ -461,12 +475,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--export-default", type=Path, default=None, metavar="FOLDER",
                     help="also copy the best chunk-wise self-forcing checkpoint + manifest there "
                          "(sf_core/toy/assets/default for the embedded model)")
+    ap.add_argument("--init-from", type=Path, default=None, metavar="RUN",
+                    help="load the teacher and ODE inits from an earlier run's --out instead of training them")
+    ap.add_argument("--only", default=None, help="comma-separated student keys, e.g. self_forcing_c3,df_dmd_c3")
+    ap.add_argument("--dmd-steps", type=int, default=None, help="override the profile's DMD generator steps")
     args = ap.parse_args(argv)
-    profile = PROFILES[args.profile] if args.seed is None else replace(PROFILES[args.profile], seed=args.seed)
+    profile = PROFILES[args.profile]
+    overrides = {k: v for k, v in (("seed", args.seed), ("dmd_steps", args.dmd_steps)) if v is not None}
+    profile = replace(profile, **overrides)
+    only = None if args.only is None else set(args.only.split(","))
+    unknown = sorted((only or set()) - {s.key for s in students()})
+    if unknown:
+        ap.error(f"--only: unknown students {unknown}; known: {[s.key for s in students()]}")
     if args.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
     command = "python -m sf_core.toy.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = reproduce(profile, args.device, args.out, args.report, command.strip())
+    results = reproduce(profile, args.device, args.out, args.report, command.strip(), args.init_from, only)
     if args.export_default is not None:
         export_default(results, args.out, args.export_default)
     return 0
