@@ -116,7 +116,9 @@ def test_sigint_mid_stream_keeps_every_finished_chunk(files, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # In-process runs of the same entry point
 
-def test_default_model_runs_without_model_arguments(tmp_path, capsys):
+def test_default_model_runs_without_model_arguments(tmp_path, monkeypatch, capsys):
+    from sf_core import assets
+    monkeypatch.setattr(assets, "DEFAULT_ASSETS", tmp_path / "no_embedded_model")  # the stand-in fallback
     assert generate.main(["--chunks", "2", "--out", str(tmp_path / "d.mp4")]) == 0
     assert "UNTRAINED STAND-IN" in capsys.readouterr().err
     frames, fps = read_video(tmp_path / "d.mp4")

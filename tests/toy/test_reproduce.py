@@ -131,3 +131,16 @@ def test_shipped_default_beats_an_untrained_model():
     # every single clip is better, and on average by a wide margin
     assert (trained < untrained).all(), (trained, untrained)
     assert trained.mean() < 0.7 * untrained.mean(), (trained, untrained)
+
+
+@pytest.mark.skipif(not (DEFAULT_ASSETS / MANIFEST).is_file(), reason="no embedded default model shipped")
+def test_generate_without_model_arguments_streams_the_shipped_toy_model(tmp_path, capsys):
+    from sf_core import generate
+    from sf_core.recording import read_video
+    files = from_manifest(DEFAULT_ASSETS)
+    _, stream = load_model(files.checkpoint)
+    assert generate.main(["--chunks", "2", "--out", str(tmp_path / "d.mp4")]) == 0
+    assert "embedded toy model" in capsys.readouterr().err
+    frames, fps = read_video(tmp_path / "d.mp4")
+    d = files.defaults
+    assert frames.shape == (2 * stream.chunk_frames, d["height"], d["width"], 3) and fps == pytest.approx(d["fps"])
