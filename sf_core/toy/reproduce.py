@@ -51,7 +51,8 @@ ODE_KEEP = (0, 12, 24, 36, -1)
 RESULTS_START, RESULTS_END = "<!-- reproduction:results:start -->", "<!-- reproduction:results:end -->"
 TABLE_METRICS = (("frame_error", "frame err ↓"), ("colour_error", "colour err ↓"),
                  ("motion_error", "motion err (px) ↓"), ("adherence", "adherence ↑"),
-                 ("flicker", "flicker ↓"), ("frame_error_growth", "frame-err growth ↓"))
+                 ("sharpness", "sharpness (1 = exact)"), ("flicker", "flicker ↓"),
+                 ("frame_error_growth", "frame-err growth ↓"))
 
 
 @dataclass(frozen=True)
@@ -479,7 +480,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="load the teacher and ODE inits from an earlier run's --out instead of training them")
     ap.add_argument("--only", default=None, help="comma-separated student keys, e.g. self_forcing_c3,df_dmd_c3")
     ap.add_argument("--dmd-steps", type=int, default=None, help="override the profile's DMD generator steps")
+    ap.add_argument("--rewrite-report", action="store_true",
+                    help="only rewrite --report from <out>/results.json (no training)")
     args = ap.parse_args(argv)
+    if args.rewrite_report:
+        write_report(json.loads((args.out / "results.json").read_text()), args.report)
+        return 0
     profile = PROFILES[args.profile]
     overrides = {k: v for k, v in (("seed", args.seed), ("dmd_steps", args.dmd_steps)) if v is not None}
     profile = replace(profile, **overrides)
