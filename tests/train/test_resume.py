@@ -15,22 +15,50 @@ from train_helpers import ROOT, env, metrics, run_train, train_cmd
 TENSOR_FILES = ("generator", "critic", "ema", "optim_generator", "optim_critic")
 
 
+def _descendants(pid: int) -> list[int]:
+    """All live descendants of `pid` (deepest first), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    return _subtree(children, pid)
+
+
+def _subtree(children: dict[int, list[int]], pid: int) -> list[int]:
+    out = []
+    for child in children.get(pid, []):
+        out += _subtree(children, child) + [child]
+    return out
+
+
 def _kill_after_checkpoint(out, overrides, nproc=1, timeout=300.0) -> int:
     """Start a long run, SIGKILL it as soon as `checkpoints/latest` exists; return the checkpointed step."""
+    out.mkdir(parents=True)
+    log = open(out.parent / f"{out.name}.log", "w+")
     proc = subprocess.Popen(train_cmd("tiny_dmd.yaml", [f"run.output_dir={out}", "run.max_steps=1000",
                                                         *overrides], nproc),
-                            cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=log)
     latest = out / "checkpoints" / "latest"
     deadline = time.monotonic() + timeout
     try:
         while not latest.is_file():
-            assert proc.poll() is None, f"training died early:\n{proc.stderr.read().decode()[-3000:]}"
+            assert proc.poll() is None, f"training died early:\n{log.seek(0) or log.read()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint within the timeout"
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group (torchrun and its workers)
+        # torchrun starts its workers in their own sessions: SIGKILL the workers, then the launcher
+        for pid in _descendants(proc.pid) + [proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
+        log.close()
     assert proc.returncode != 0, "the run finished before it could be killed"
     step = int(latest.read_text().strip().split("_")[1])
     return step
