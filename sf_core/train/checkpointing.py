@@ -152,6 +152,13 @@ def save_checkpoint(folder: str | Path, step: int, *, ctx: DistContext, modules:
     folder = Path(folder)
     name = step_folder_name(step)
     tmp, final = folder / f".{name}.tmp", folder / name
+    if (final / TRAINER_FILE).is_file():
+        # this step is already saved (a resumed run that had nothing left to do): the state is the same,
+        # and replacing the folder would leave `latest` dangling for a moment
+        if ctx.is_main:
+            _point_latest(folder, name)
+        ctx.barrier()
+        return final
     if ctx.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -177,18 +184,22 @@ def save_checkpoint(folder: str | Path, step: int, *, ctx: DistContext, modules:
         _write_json_atomic(tmp / TRAINER_FILE, {"step": step, "data": data_state, "world_size": ctx.world_size,
                                                 "modules": sorted(modules), "ema": ema is not None,
                                                 **(extra or {})})
-        if final.exists():
+        if final.exists():  # an incomplete folder (no trainer.json) from a crash during an earlier rename
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(folder)
-        pointer_tmp = folder / f".{LATEST}.tmp"
-        pointer_tmp.write_text(name + "\n")
-        os.replace(pointer_tmp, folder / LATEST)
-        _fsync_dir(folder)
+        _point_latest(folder, name)
         if keep > 0:
             _prune(folder, keep, final)
     ctx.barrier()
     return final
+
+
+def _point_latest(folder: Path, name: str) -> None:
+    _fsync_dir(folder)
+    pointer_tmp = folder / f".{LATEST}.tmp"
+    pointer_tmp.write_text(name + "\n")
+    os.replace(pointer_tmp, folder / LATEST)
+    _fsync_dir(folder)
 
 
 def _prune(folder: Path, keep: int, current: Path) -> None:
