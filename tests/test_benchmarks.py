@@ -1,0 +1,51 @@
+"""The GPU streaming benchmark: FLOP model against the reference figures, and a --tiny CPU smoke run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sf_core.config import WAN_1_3B
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from gpu_stream import dit_pass_flops, dit_video_flops  # noqa: E402
+
+
+def test_flop_model_reproduces_the_reference_accounting():
+    """selfforcing.md §8.2: 16.2 T for a chunk-0 pass, 40.4 T for chunk 6, ≈990 T per 81 frames (≈950 without
+    the final cache pass)."""
+    assert dit_pass_flops(WAN_1_3B, 4680, 4680) / 1e12 == pytest.approx(16.2, abs=0.05)
+    assert dit_pass_flops(WAN_1_3B, 4680, 7 * 4680) / 1e12 == pytest.approx(40.4, abs=0.05)
+    assert dit_video_flops(WAN_1_3B, 1560, 3, 7) / 1e12 == pytest.approx(990, rel=0.01)
+    assert dit_video_flops(WAN_1_3B, 1560, 3, 7, final_cache_pass=False) / 1e12 == pytest.approx(950, rel=0.01)
+    # frame-wise: ≈943 T
+    assert dit_video_flops(WAN_1_3B, 1560, 1, 21) / 1e12 == pytest.approx(943, rel=0.01)
+
+
+def test_tiny_run_writes_every_field(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "gpu_stream.py"), "--tiny", "--device", "cpu",
+           "--chunks", "2", "--long-chunks", "3", "--window", "6", "--sink", "0", "--runs", "1", "--warmup", "0", "--fp8",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "does not depend on weight values" in proc.stdout
+    assert "| configuration |" in proc.stdout
+    report = json.loads(out.read_text())
+    assert {"note", "environment", "flops", "floor_s_at_800_tflops", "checks", "results", "options"} <= set(report)
+    expected = {"naive", "plain", "optimised (sequential)", "optimised", "optimised +taehv", "frame-wise", "rolling"}
+    assert set(report["results"]) == expected
+    for name, r in report["results"].items():
+        assert {"fps", "first_frame_s", "seconds", "frames", "dit_ms", "decode_ms", "peak_mem_gib", "runs"} <= set(r)
+        assert r["fps"] > 0 and r["first_frame_s"] > 0
+    assert report["results"]["plain"]["frames"] == 9 + 12
+    assert report["results"]["frame-wise"]["frames"] == 1 + 4 * 5
+    assert len(report["results"]["plain"]["dit_ms"]) == 2 and len(report["results"]["rolling"]["dit_ms"]) == 3
+    checks = report["checks"]
+    # same computation, same seed: the naive recompute and the optimised path reproduce the plain latents
+    assert checks["naive vs plain (relative L2 of latents)"] < 1e-5
+    assert checks["optimised vs plain (relative L2 of latents)"] < 1e-5
+    assert 0 < checks["fp8 (simulated weights) vs unquantised, relative L2 of latents, random weights"] < 1
