@@ -23,7 +23,7 @@ def _cfg(tmp_path, *overrides):
 
 
 def test_ema_export_loads_and_streams(tmp_path):
-    cfg = _cfg(tmp_path, "ema.start_step=1", "optim.lr_generator=0.05")
+    cfg = _cfg(tmp_path, "ema.start_step=1", "optim.lr_generator=0.05", "samples.every=3", "samples.num_chunks=2")
     trainer = Trainer(cfg)
     trainer.run()
     ckpt = load_file(str(tmp_path / "run/checkpoints/step_00000003/generator.safetensors"))
@@ -43,6 +43,16 @@ def test_ema_export_loads_and_streams(tmp_path):
     state = pipe.start(context, 32, 32, seed=1, max_frames=12)
     latents = torch.cat([c.latents for c in pipe.stream(state, 4)], 1)  # 12 frames: past the 6-frame window
     assert latents.shape == (1, 12, 4, 4, 4) and torch.isfinite(latents).all()
+
+    # the step-3 sample clip is what the streaming pipeline makes with the (raw) step-3 weights
+    sample = load_file(str(tmp_path / "run/samples/step_00000003/latents.safetensors"))["latents"]
+    raw = random_model(cfg.model_config(), 0)
+    raw.load_state_dict(ckpt)
+    pipe = StreamingPipeline(raw.eval(), stream)
+    state = pipe.start(context, 32, 32, seed=cfg.samples.seed, max_frames=6)
+    expected = torch.cat([c.latents for c in pipe.stream(state, 2)], 1)
+    assert sample.shape == (1, 6, 4, 4, 4)
+    torch.testing.assert_close(sample, expected, rtol=0, atol=0)
 
 
 @pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
