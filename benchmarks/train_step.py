@@ -6,8 +6,10 @@ critic update that the official loop runs every step (selfforcing.md §7.1), i.e
 generator step of the 1:5 schedule is `generator + critic` and the four critic-only steps cost `critic`.
 Weights are random (cost does not depend on their values); the teacher has the generator's shape.
 
-Memory: CUDA peak allocated (torch.cuda.max_memory_allocated) on GPU; on CPU the growth of the
-process's peak RSS over the models' footprint (ru_maxrss), a coarser number.
+Time: wall clock on GPU; on CPU the process's CPU time with one thread (robust on a shared machine).
+Memory: "saved MiB" = bytes of the distinct storages autograd keeps for backward at the end of the loss
+forward (the activation memory of the iteration, device independent); on GPU also the CUDA peak
+allocated (torch.cuda.max_memory_allocated), which includes weights, gradients and optimizer state.
 
     python benchmarks/train_step.py                           # tiny model on CPU (seconds)
     python benchmarks/train_step.py --device cuda --full      # Wan2.1 1.3B, 21×60×104 latents, bf16
@@ -18,7 +20,6 @@ import argparse
 import json
 import multiprocessing as mp
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -70,34 +71,47 @@ def _measure(method: str, full: bool, frames: int | None, device: str, iters: in
     batch = TrainBatch(context=context, negative_context=torch.zeros_like(context), latents=latents)
     info = StepInfo(step=0, shared_rng=torch.Generator().manual_seed(1), local_rng=torch.Generator().manual_seed(2))
 
-    def iteration():
-        opt_g.zero_grad(set_to_none=True)
-        loss, _ = obj.generator_loss(batch, info)
-        loss.backward()
-        opt_g.step()
-        if method == "self_forcing+critic":
-            opt_c.zero_grad(set_to_none=True)
-            closs, _ = obj.critic_loss(batch, info)
-            closs.backward()
-            opt_c.step()
+    saved: dict[int, int] = {}
 
+    def pack(t):
+        st = t.untyped_storage()
+        saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    def loss_and_backward(loss_fn, opt) -> int:
+        saved.clear()
+        opt.zero_grad(set_to_none=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _ = loss_fn(batch, info)
+        nbytes = sum(saved.values())
+        loss.backward()
+        opt.step()
+        return nbytes
+
+    def iteration() -> int:
+        nbytes = loss_and_backward(obj.generator_loss, opt_g)
+        if method == "self_forcing+critic":
+            nbytes = max(nbytes, loss_and_backward(obj.critic_loss, opt_c))
+        return nbytes
+
+    clock = time.perf_counter if dev.type == "cuda" else time.process_time
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
     for _ in range(warmup):
         iteration()
     _sync(dev)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    times = []
+    times, saved_max = [], 0
     for _ in range(iters):
         _sync(dev)
-        t0 = time.perf_counter()
-        iteration()
+        t0 = clock()
+        saved_max = max(saved_max, iteration())
         _sync(dev)
-        times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
-            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024)
+        times.append(clock() - t0)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
     queue.put({"method": method, "median_s": statistics.median(times), "min_s": min(times),
-               "peak_mib": peak, "iters": iters})
+               "saved_mib": saved_max / 2**20, "peak_mib": peak, "iters": iters})
 
 
 def run(method, args) -> dict:
@@ -128,13 +142,15 @@ def main() -> None:
     dev = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"model dim {s['model'].dim} × {s['model'].num_layers} layers, latents {s['latent']}, {s['dtype']}, "
           f"{args.device} ({dev}), torch {torch.__version__}, median of {args.iters} after {args.warmup} warm-up")
-    mem = "peak MiB" + (" (CUDA)" if args.device.startswith("cuda") else " (RSS growth)")
-    print(f"| method | s / iteration (median) | min | {mem} |\n|---|---|---|---|")
+    clock = "wall s" if args.device.startswith("cuda") else "CPU s (1 thread)"
+    print(f"| method | {clock} / iteration, median | min | saved for backward, MiB | CUDA peak MiB |")
+    print("|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['method']} | {r['error']} | | |")
+            print(f"| {r['method']} | {r['error']} | | | |")
         else:
-            print(f"| {r['method']} | {r['median_s']:.4f} | {r['min_s']:.4f} | {r['peak_mib']:.0f} |")
+            print(f"| {r['method']} | {r['median_s']:.4f} | {r['min_s']:.4f} | {r['saved_mib']:.2f} | "
+                  f"{r['peak_mib']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": {k: str(v) for k, v in s.items()}, "rows": rows}, indent=1))
 
