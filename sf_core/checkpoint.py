@@ -328,7 +328,7 @@ def _read_torch(path: Path) -> tuple[dict, dict]:
             f"{path}: refused to load: the pickle contains Python objects other than tensors and plain "
             f"containers, which could execute code on load ({str(e).splitlines()[0]}). Only weights-only "
             "files are accepted; convert a file you trust to safetensors in a separate environment") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as e:
         raise CheckpointError(f"{path}: cannot read PyTorch checkpoint, it is truncated or corrupt ({e}); "
                               "download it again") from e
     if not isinstance(obj, dict):

@@ -513,3 +513,12 @@ def test_load_model_onto_cuda(tmp_path):
     model, _ = load_model(write_layout("wan_single", sd, tmp_path), dtype=torch.bfloat16, device="cuda")
     assert {v.device.type for v in model.state_dict().values()} == {"cuda"}
     assert torch.equal(model.state_dict()["head.head.weight"].cpu(), sd["head.head.weight"].to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_bytes_named_pt_give_a_checkpoint_error(tmp_path, seed):
+    import random
+    path = tmp_path / "noise.pt"
+    path.write_bytes(bytes(random.Random(seed).randrange(256) for _ in range(400)))
+    with pytest.raises(CheckpointError, match="noise.pt"):
+        load_state_dict(path)
