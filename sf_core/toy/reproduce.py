@@ -480,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="load the teacher and ODE inits from an earlier run's --out instead of training them")
     ap.add_argument("--only", default=None, help="comma-separated student keys, e.g. self_forcing_c3,df_dmd_c3")
     ap.add_argument("--dmd-steps", type=int, default=None, help="override the profile's DMD generator steps")
+    ap.add_argument("--teacher-steps", type=int, default=None, help="override the profile's teacher steps")
     ap.add_argument("--rewrite-report", action="store_true",
                     help="only rewrite --report from <out>/results.json (no training)")
     args = ap.parse_args(argv)
@@ -487,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         write_report(json.loads((args.out / "results.json").read_text()), args.report)
         return 0
     profile = PROFILES[args.profile]
-    overrides = {k: v for k, v in (("seed", args.seed), ("dmd_steps", args.dmd_steps)) if v is not None}
+    overrides = {k: v for k, v in (("seed", args.seed), ("dmd_steps", args.dmd_steps),
+                                   ("teacher_steps", args.teacher_steps)) if v is not None}
     profile = replace(profile, **overrides)
     only = None if args.only is None else set(args.only.split(","))
     unknown = sorted((only or set()) - {s.key for s in students()})
