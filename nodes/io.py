@@ -114,7 +114,10 @@ class SFExportNativeAR:
             raise ValueError(f"filename must be a plain file name (no folders), got {filename!r}")
         if not name.endswith(".safetensors"):
             name += ".safetensors"
-        path = os.path.join(folder_paths.get_folder_paths("diffusion_models")[0], name)
+        folders = folder_paths.get_folder_paths("diffusion_models")  # models/unet is listed first
+        folder = next((f for f in folders if os.path.basename(os.path.normpath(f)) == "diffusion_models"), folders[0])
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, name)
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{path} exists; set overwrite to replace it")
         save_comfy_native_ar(sf_model.model, path, sf_model.stream_config, sf_model.model.config)

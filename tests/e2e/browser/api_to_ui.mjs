@@ -33,7 +33,13 @@ try {
     const ui = await page.evaluate(async ([wf, file]) => {
       window.app.graph.clear();
       await window.app.loadApiJson(wf, file);
-      window.app.graph.arrange(80);
+      for (const node of window.app.graph._nodes) {
+        for (const widget of node.widgets ?? []) {
+          if (widget.name === "control_after_generate") widget.value = "fixed"; // keep the workflow's seed
+        }
+        if (node.sfPlayer) node.setSize([460, 780]); // room for the live preview
+      }
+      window.app.graph.arrange(60);
       return window.app.graph.serialize();
     }, [api, name]);
     fs.writeFileSync(path.join(outDir, name), JSON.stringify(ui, null, 2) + "\n");

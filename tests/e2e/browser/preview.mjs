@@ -45,6 +45,15 @@ try {
   await page.waitForFunction(() => window.app?.graph && window.sfPreview, null, { timeout: 60000 });
   result.uiReadyMs = Date.now() - started;
   await page.keyboard.press("Escape");
+  // Close the frontend's announcement banner, if any, so it does not cover the canvas in screenshots.
+  await page.evaluate(() => {
+    const text = [...document.querySelectorAll("body *")]
+      .find((e) => e.children.length === 0 && e.textContent.includes("Introducing Nodes"));
+    let banner = text;
+    while (banner && banner.querySelectorAll("button").length < 2) banner = banner.parentElement;
+    const buttons = banner ? banner.querySelectorAll("button") : [];
+    buttons[buttons.length - 1]?.click();
+  }).catch(() => {});
 
   result.widgetBeforeQueue = await page.evaluate(async ([wf, id]) => {
     await window.app.loadApiJson(wf, "sf_stream.json");
@@ -56,8 +65,11 @@ try {
     }
     node.pos = [400, 30];
     node.setSize([520, 800]);
-    window.app.canvas.ds.offset = [10, 20];
-    window.app.canvas.ds.scale = 1.0;
+    for (const widget of node.widgets ?? []) {
+      if (widget.name === "control_after_generate") widget.value = "fixed";
+    }
+    window.app.canvas.ds.offset = [80, 120];
+    window.app.canvas.ds.scale = 0.85;
     window.app.graph.setDirtyCanvas(true, true);
     return Boolean(node.sfPlayer);
   }, [workflow, nodeId]);
