@@ -85,10 +85,8 @@ class LoRASection:
     enabled: bool = False
     rank: int = 16
     alpha: float = 16.0
-    # cross_attn.k / .v are excluded: with a frozen text embedding the engine caches the prompt's
-    # cross-attention K/V during rollouts (sf_core.model.CausalWanModel.forward)
     targets: tuple[str, ...] = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
-                                "cross_attn.q", "cross_attn.o", "ffn.0", "ffn.2")
+                                "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
 
 
 @dataclass
@@ -377,10 +375,9 @@ def validate(cfg: TrainConfig, check_files: bool = True) -> None:
     for key, val in (("optim.lr_generator", cfg.optim.lr_generator), ("optim.lr_critic", cfg.optim.lr_critic)):
         if val <= 0:
             bad(key, f"must be > 0, got {val}")
-    cached = sorted({"cross_attn.k", "cross_attn.v"} & set(cfg.lora.targets))
-    if cfg.lora.enabled and cached:
-        bad("lora.targets", f"{cached} cannot take LoRA: the rollout caches the prompt's cross-attention K/V "
-                            "when the text embedding is frozen; adapt cross_attn.q / cross_attn.o instead")
+    if cfg.lora.enabled and not {"cross_attn.k", "cross_attn.v"} & set(cfg.lora.targets):
+        bad("lora.targets", "include cross_attn.k or cross_attn.v: with frozen cross-attention K/V the engine "
+                            "caches them during the rollout, which autograd cannot differentiate through")
     if not 0.0 <= cfg.ema.decay < 1.0:
         bad("ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
     if cfg.distributed.strategy not in ("auto", "fsdp", "ddp", "none"):
