@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from sf_core.frame_recorder import FrameRecorder, to_uint8_frames
+from sf_core.recording import VideoRecorder, channels_last, to_uint8_frames
 from sf_core.pipeline import PromptSwitch, StreamingPipeline
 from sf_core.schedule import chunks_for_frames, parse_schedule, schedule_switches
 from sf_core.vae import pipeline_to_comfy
@@ -86,7 +86,9 @@ def run_stream(stream: SFStream, num_chunks: int, node_id, record: str, filename
     decoder = stream.vae.fresh_decoder(decoder_state(state.extras))
     height, width = 8 * state.latent_height, 8 * state.latent_width
     path = _output_path(filename_prefix, record, width, height)
-    recorder = FrameRecorder(path, stream.fps, record) if path else None
+    recorder = None
+    if path:
+        recorder = VideoRecorder(path, stream.fps) if record == "mp4" else VideoRecorder(None, stream.fps, png_dir=path)
     progress = comfy.utils.ProgressBar(num_chunks, node_id=node_id)
     check = lambda step, steps: mm.throw_exception_if_processing_interrupted()  # noqa: E731
 
@@ -117,7 +119,7 @@ def run_stream(stream: SFStream, num_chunks: int, node_id, record: str, filename
             latents.append(chunk.latents.float().cpu())
             frames.append(decoded.float().cpu())
             stream.frames += decoded.shape[1]
-            pixels = to_uint8_frames(decoded[0])
+            pixels = to_uint8_frames(channels_last(decoded[0]))
             if recorder is not None:
                 recorder.write(pixels)
             live.send_chunk_preview(node, chunk.index, pixels, stream.fps, latencies[-1],

@@ -1,12 +1,11 @@
 """Incremental mp4 (and PNG) recording of a frame stream, safe against interruption.
 
-The mp4 is *fragmented* (`movflags=frag_keyframe+empty_moov+default_base_moof`) and every `write` call
-starts with a keyframe, so each call becomes one self-contained fragment that reaches the disk as soon as
-the next call begins (`flush_packets`). Consequences:
+The mp4 is *fragmented* (`movflags=frag_every_frame+empty_moov+default_base_moof`, one fragment per
+frame, `flush_packets`) and every `write` call starts with a keyframe. Consequences:
 
 * `close()` (also on exceptions / Ctrl-C through the context manager) writes every frame;
-* if the process is killed outright (SIGKILL, power loss) the file still plays, holding every call's
-  frames except those of the last call.
+* if the process is killed outright (SIGKILL, power loss) the file still plays and holds every frame
+  written so far except at most the very last one (its fragment is closed by the next frame).
 
 Frames are `[T, H, W, 3]` uint8, or float in [-1, 1]. Odd sizes are padded by one edge pixel (yuv420p).
 No ComfyUI import: the nodes can reuse this as is.
@@ -21,7 +20,7 @@ import av
 import numpy as np
 import torch
 
-MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
+MOVFLAGS = "frag_every_frame+empty_moov+default_base_moof"  # every encoded frame reaches disk at once
 CODEC_PREFERENCE = ("libx264", "mpeg4")
 
 

@@ -63,8 +63,9 @@ def test_codec_is_h264_when_available():
     assert pick_codec() in ("libx264", "mpeg4")
 
 
-def test_killed_writer_leaves_every_chunk_but_the_last(tmp_path):
-    """SIGKILL right after the third chunk: chunks one and two (9 + 12 frames) are on disk and play."""
+def test_killed_writer_leaves_every_written_chunk(tmp_path):
+    """SIGKILL right after the third chunk: the first two chunks and the third (9 + 12 + 12 frames) are on
+    disk and play — at most the very last frame, whose fragment the muxer closes on the next frame, is lost."""
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {ROOT!r})
@@ -78,4 +79,4 @@ def test_killed_writer_leaves_every_chunk_but_the_last(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -9
     frames, fps = read_video(tmp_path / "k.mp4")
-    assert frames.shape == (21, 32, 32, 3) and fps == pytest.approx(16)
+    assert frames.shape[1:] == (32, 32, 3) and 32 <= frames.shape[0] <= 33 and fps == pytest.approx(16)

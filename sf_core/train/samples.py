@@ -32,10 +32,9 @@ def render_samples(generator, stream_config: StreamConfig, context: torch.Tensor
     write_safetensors_atomic({"latents": latents.float().cpu()}, folder / "latents.safetensors",
                              {"prompts": json.dumps(prompts), "seed": str(seed)})
     if decode_fn is not None:
-        from sf_core.frame_recorder import FrameRecorder, to_uint8_frames
+        from sf_core.recording import VideoRecorder, channels_last
         frames = decode_fn(latents)  # [B, T, 3, H, W]
         for i, clip in enumerate(frames):
-            rec = FrameRecorder(folder / f"sample_{i}.mp4", fps)
-            rec.write(to_uint8_frames(clip))
-            rec.close()
+            with VideoRecorder(folder / f"sample_{i}.mp4", fps) as rec:
+                rec.write(channels_last(clip))
     return latents
