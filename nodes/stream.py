@@ -50,20 +50,6 @@ def stream_config_for(base, chunk_frames: int, steps: int, cache_window: int, ca
     return config
 
 
-def ensure_global_capacity(state, frames_needed: int) -> None:
-    """Grow a global (never evicting) KV cache so it holds `frames_needed` latent frames.
-
-    Attention reads everything a global cache holds, so growing it changes no result.
-    """
-    cache = state.cache
-    need = frames_needed * cache.frame_tokens
-    if cache.rolling or need <= cache.capacity:
-        return
-    extra = need - cache.capacity
-    pad = lambda t: torch.cat([t, t.new_zeros((*t.shape[:2], extra, *t.shape[3:]))], dim=2)  # noqa: E731
-    cache.k, cache.v = pad(cache.k), pad(cache.v)
-
-
 def _output_path(prefix: str, record: str, width: int, height: int) -> str | None:
     if record == "none":
         return None
@@ -284,7 +270,7 @@ class SFStreamExtend:
             num_chunks = max(1, -(-frames // (4 * config.chunk_frames)))
         stream = dataclasses.replace(sf_stream, state=sf_stream.state.fork(), info=dict(sf_stream.info))
         state = stream.state
-        ensure_global_capacity(state, state.next_frame + num_chunks * config.chunk_frames)
+        state.cache.reserve(state.cache.frames_held + num_chunks * config.chunk_frames)
         switches = {}
         if sf_context is not None:
             stream.context = sf_context

@@ -78,6 +78,19 @@ class KVCache:
     def frames_held(self) -> int:
         return self.local_end // self.frame_tokens
 
+    def reserve(self, frames: int) -> None:
+        """Grow a global cache so it holds at least `frames` latent frames (rolling caches are fixed-size).
+
+        Attention reads everything a global cache holds, so growing it changes no result; it reallocates,
+        so call it between chunks (e.g. before extending a stream), never inside the hot loop.
+        """
+        need = frames * self.frame_tokens
+        if self.rolling or need <= self.capacity:
+            return
+        extra = need - self.capacity
+        grow = lambda t: torch.cat([t, t.new_zeros((*t.shape[:2], extra, *t.shape[3:]))], dim=2)  # noqa: E731
+        self.k, self.v = grow(self.k), grow(self.v)
+
     def reset(self) -> None:
         """Forget everything (the buffers are reused)."""
         self.global_end = self.local_end = 0

@@ -22,7 +22,6 @@ from . import assets
 from .assets import ModelFiles
 from .bundle import FileProblem, load_bundle, problem, spatial_stride
 from .config import StreamConfig
-from .cache import KVCache
 from .pipeline import PromptSwitch, StreamingPipeline
 from .recording import VideoRecorder, channels_last
 from .state import StateError, StreamState
@@ -474,19 +473,9 @@ def _resume(plan: Plan, pipe: StreamingPipeline, decoder, contexts) -> StreamSta
     decoder.load_state_dict(vae_state)
     if plan.prompt_given:  # otherwise the saved prompt carries on
         pipe.switch_prompt(state, contexts[plan.prompt], plan.recache)
-    if state.cache.window == -1 and plan.chunks is not None:
-        state.cache = _grown(state.cache, plan.chunks * plan.stream.chunk_frames)
+    if plan.chunks is not None:
+        state.cache.reserve(state.cache.frames_held + plan.chunks * plan.stream.chunk_frames)
     return state
-
-
-def _grown(cache: KVCache, frames: int) -> KVCache:
-    """A global cache with room for `frames` more latent frames, holding the same entries."""
-    extra = frames * cache.frame_tokens
-    pad = lambda t: torch.cat([t[:, :, :cache.local_end], t.new_zeros(*t.shape[:2], extra, *t.shape[3:])], 2)  # noqa: E731
-    grown = KVCache(pad(cache.k), pad(cache.v), cache.cross_k, cache.cross_v, cache.frame_tokens, cache.window,
-                    cache.sink)
-    grown.global_end, grown.local_end, grown.cross_ready = cache.global_end, cache.local_end, cache.cross_ready
-    return grown
 
 
 def main(argv: list[str] | None = None) -> int:

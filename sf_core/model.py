@@ -281,14 +281,10 @@ class CausalWanModel(nn.Module):
         return out
 
     def cross_cache_for(self, cache: KVCache | None) -> KVCache | None:
-        """The cache whose cross-attention K/V may be used: none with autograd on trainable weights, so the
-        cross-attention K/V are recomputed and gradients reach them."""
-        if cache is None or not torch.is_grad_enabled():
-            return cache
-        context_params = [self.text_embedding.parameters()] + [
-            m.parameters() for b in self.blocks for m in (b.cross_attn.k, b.cross_attn.v, b.cross_attn.norm_k)]
-        trainable = any(p.requires_grad for ps in context_params for p in ps)  # incl. LoRA adapters
-        return None if trainable else cache
+        """The cache whose cross-attention K/V may be reused: none under autograd, so training recomputes
+        them (gradients reach the context projections and LoRA adapters; no cached tensor is saved for
+        backward and later overwritten in place)."""
+        return None if cache is None or torch.is_grad_enabled() else cache
 
     def begin_cache(self, cache: KVCache, x: torch.Tensor, start_frame: int) -> None:
         """Plan this call's cache write (and evict, in rolling mode) for the chunk x [B, F, C, H, W]."""

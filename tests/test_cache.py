@@ -96,3 +96,15 @@ def test_state_dict_roundtrip_and_clone_independent():
     _run(twin, [(24, 30, 5)])
     assert cache.global_end == 24 and twin.global_end == 30
     assert not torch.equal(twin.k, cache.k)
+
+
+def test_reserve_grows_global_caches_only():
+    cache = KVCache.allocate(CFG, 1, 2, 3)
+    _run(cache, [(0, 6, 1)])
+    before = cache.k[:, :, :6].clone()
+    cache.reserve(7)
+    assert cache.capacity == 14 and torch.equal(cache.k[:, :, :6], before)
+    _run(cache, [(6, 12, 2)])  # would have overflowed before
+    rolling = KVCache.allocate(CFG, 1, 2, 0, window=4)
+    rolling.reserve(100)
+    assert rolling.capacity == 8

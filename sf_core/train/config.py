@@ -375,9 +375,6 @@ def validate(cfg: TrainConfig, check_files: bool = True) -> None:
     for key, val in (("optim.lr_generator", cfg.optim.lr_generator), ("optim.lr_critic", cfg.optim.lr_critic)):
         if val <= 0:
             bad(key, f"must be > 0, got {val}")
-    if cfg.lora.enabled and not {"cross_attn.k", "cross_attn.v"} & set(cfg.lora.targets):
-        bad("lora.targets", "include cross_attn.k or cross_attn.v: with frozen cross-attention K/V the engine "
-                            "caches them during the rollout, which autograd cannot differentiate through")
     if not 0.0 <= cfg.ema.decay < 1.0:
         bad("ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
     if cfg.distributed.strategy not in ("auto", "fsdp", "ddp", "none"):

@@ -4,7 +4,7 @@ import torch
 
 from nodes.handles import SFContext, fit_context
 from nodes.loaders import SFConditioningToContext
-from nodes.stream import ensure_global_capacity, stream_config_for
+from nodes.stream import stream_config_for
 from sf_core.config import StreamConfig
 from sf_core.pipeline import StreamingPipeline
 
@@ -53,7 +53,7 @@ def test_growing_a_global_cache_continues_exactly(tiny_model):
     reference = [pipe.step(long).latents for _ in range(4)]
     short = pipe.start(context, 32, 32, seed=3, max_frames=4)
     got = [pipe.step(short).latents for _ in range(2)]
-    ensure_global_capacity(short, 8)
+    short.cache.reserve(8)
     assert short.cache.capacity == long.cache.capacity
     got += [pipe.step(short).latents for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(got, reference))

@@ -257,3 +257,15 @@ def test_bfloat16_rollout():
     assert out.video.dtype == torch.bfloat16
     grads = torch.autograd.grad(out.video.float().pow(2).sum(), list(model.parameters()))
     assert all(torch.isfinite(g).all() for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_lora_without_context_adapters_backpropagates_through_rollout():
+    """Frozen cross-attention K/V (LoRA only on the FFN) must still train: nothing cached is saved for backward."""
+    from sf_core.train.lora import inject_lora
+    model = _model()
+    inject_lora(model, rank=2, alpha=4.0, targets=("ffn.0",))
+    cfg = RolloutConfig(num_frames=6, chunk_frames=3)
+    out = _rollout(model, cfg, [3, 3], SeededNoise(1))
+    out.video.square().mean().backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
