@@ -83,7 +83,9 @@ class Geometry:
         self.freqs = freqs  # [L, 1, head_dim/2] complex, or [L, 1, head_dim/2, 2] float (fast mode)
 
 
-class SelfAttention(nn.Module):
+class Attention(nn.Module):
+    """q/k/v/o projections with RMSNorm on q and k over the full width (shared by both attentions)."""
+
     def __init__(self, cfg: ModelConfig, backend: str):
         super().__init__()
         self.num_heads, self.head_dim, self.backend = cfg.num_heads, cfg.head_dim, backend
@@ -91,6 +93,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
+
+class SelfAttention(Attention):
     def qkv(self, x: torch.Tensor, freqs: torch.Tensor):
         b, length, _ = x.shape
         shape = (b, length, self.num_heads, self.head_dim)
@@ -105,13 +109,9 @@ class SelfAttention(nn.Module):
         return self.o(attention(q, k, v, self.backend).flatten(2))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Attention):
     def __init__(self, cfg: ModelConfig, backend: str):
-        super().__init__()
-        self.num_heads, self.head_dim, self.backend = cfg.num_heads, cfg.head_dim, backend
-        self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
-        self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        super().__init__(cfg, backend)
         self.image = cfg.model_type == "i2v"
         if self.image:
             self.k_img, self.v_img = nn.Linear(cfg.dim, cfg.dim), nn.Linear(cfg.dim, cfg.dim)

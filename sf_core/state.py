@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from safetensors import safe_open
 
 from .cache import KVCache
+from .checkpoint import write_safetensors_atomic
 from .noise import NoiseSource, noise_from_spec, SeededNoise
 
 FORMAT = "sf_stream_state/1"
@@ -68,20 +68,11 @@ class StreamState:
         if self.sink_latents is not None:
             tensors["sink_latents"] = self.sink_latents
         tensors.update({"extras." + k: v for k, v in self.extras.items()})
-        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         meta = {"format": FORMAT, "state": json.dumps({
             "latent_height": self.latent_height, "latent_width": self.latent_width,
             "next_frame": self.next_frame, "chunk_index": self.chunk_index,
             "history_start": self.history_start, "noise": spec(), "info": self.info})}
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_safetensors_atomic(tensors, path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device="cpu", dtype: torch.dtype | None = None) -> "StreamState":

@@ -25,6 +25,15 @@ def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torc
     return model
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run fastest single-threaded, and CI machines have two shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_config():
     return TINY

@@ -13,14 +13,6 @@ from sf_core.weightfile import WeightsError
 WIDTHS = (16, 8, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tae() -> TAEHV:
     torch.manual_seed(0)

@@ -18,15 +18,6 @@ REF_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
 TINY = VAEConfig(dim=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convs run fastest single-threaded, and the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _tiny_vae(seed: int = 0) -> WanVAE:
     torch.manual_seed(seed)
     vae = WanVAE(TINY)

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from ..checkpoint import write_safetensors_atomic
 from ..noise import SeededNoise
 
 FORMAT_KEY = "sf_ode"
@@ -97,15 +95,7 @@ def save_ode_pairs(path: str, latents: torch.Tensor, timesteps, context: torch.T
         tensors["context"] = context.detach().to("cpu", dtype).contiguous()
     meta = {FORMAT_KEY: json.dumps({"shift": shift, "num_steps": num_steps, "guidance_scale": guidance_scale,
                                     "keep": list(keep), "prompts": list(prompts or [])})}
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_safetensors_atomic(tensors, path, meta)
 
 
 def load_ode_pairs(path: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -16,14 +16,6 @@ SHAPE = (6, TINY.in_dim, 4, 4)   # (frames, C, h, w): two chunks of 3 frames, 4 
 SCHED = FlowMatchScheduler(5.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(seed, frozen=False):
     m = randomize(CausalWanModel(TINY, attention="sdpa"), seed)
     return m.requires_grad_(not frozen)

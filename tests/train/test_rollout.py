@@ -15,15 +15,6 @@ from conftest import TINY, randomize
 LATENT = (TINY.in_dim, 4, 4)   # 32×32 pixels -> 4×4 latent -> 4 tokens per frame
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ctx(seed=0, batch=1):
     return torch.randn(batch, 5, TINY.text_dim, generator=torch.Generator().manual_seed(seed))
 
