@@ -202,8 +202,7 @@ class SFStreamSampler:
         import comfy.model_management as mm
 
         config = stream_config_for(sf_model.stream_config, chunk_frames, steps, cache_window, cache_sink)
-        frames = round(length * fps) if length_unit == "seconds" else round(length)
-        num_chunks = max(1, frames) if length_unit == "chunks" else chunks_for_frames(frames, config.chunk_frames)
+        num_chunks = _num_chunks(length, length_unit, fps, config.chunk_frames, first=True)
         initial = None
         if start is not None:
             if (start.height, start.width) != (height, width):
@@ -218,6 +217,17 @@ class SFStreamSampler:
         stream = SFStream(state, sf_model, sf_vae, sf_context, config, fps)
         switches = resolve_schedule(schedule, sf_context.embedding, fps, config, first_chunk=0)
         return run_stream(stream, num_chunks, unique_id, record, filename_prefix, switches, live_recache, initial)
+
+
+def _num_chunks(length: float, unit: str, fps: float, chunk_frames: int, first: bool) -> int:
+    """Chunks needed for `length` seconds / video frames / chunks (the very first chunk of a stream gives
+    1 + 4·(n−1) video frames, later ones 4·n)."""
+    if unit == "chunks":
+        return max(1, round(length))
+    frames = round(length * fps) if unit == "seconds" else round(length)
+    if first:
+        return chunks_for_frames(frames, chunk_frames)
+    return max(1, -(-frames // (4 * chunk_frames)))
 
 
 def resolve_schedule(schedule: SFSchedule | None, base, fps, config, first_chunk) -> dict[int, PromptSwitch]:
@@ -263,11 +273,7 @@ class SFStreamExtend:
     def extend(self, sf_stream, length, length_unit, recache, record, filename_prefix, live_recache,
                sf_context=None, schedule=None, unique_id=None):
         config = sf_stream.config
-        if length_unit == "chunks":
-            num_chunks = max(1, round(length))
-        else:
-            frames = round(length * sf_stream.fps) if length_unit == "seconds" else round(length)
-            num_chunks = max(1, -(-frames // (4 * config.chunk_frames)))
+        num_chunks = _num_chunks(length, length_unit, sf_stream.fps, config.chunk_frames, first=False)
         stream = dataclasses.replace(sf_stream, state=sf_stream.state.fork(), info=dict(sf_stream.info))
         state = stream.state
         state.cache.reserve(state.cache.frames_held + num_chunks * config.chunk_frames)
