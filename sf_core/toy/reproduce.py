@@ -66,7 +66,7 @@ class Profile:
     num_heads: int = 1
     num_layers: int = 2
     batch: int = 16
-    teacher_steps: int = 250
+    teacher_steps: int = 2000
     teacher_lr: float = 1e-3
     ode_pairs: int = 32
     ode_steps: int = 100
@@ -75,7 +75,8 @@ class Profile:
     critic_ratio: int = 2             # critic updates per generator update
     student_lr: float = 3e-4
     critic_lr: float = 3e-4
-    guidance: float = 3.0
+    ode_guidance: float = 1.0         # teacher CFG for ODE pairs, uncond + g·(cond − uncond); 1 = none
+    dmd_guidance: float = 0.0         # real-score CFG of DMD, cond + g·(cond − uncond); 0 = none
     many_steps: int = 8               # sampling steps of the many-step TF/DF students (DMD students use 4)
     eval_samples: int = 8
     eval_lengths: tuple[int, ...] = (1, 3, 10)   # multiples of the training length
@@ -204,17 +205,17 @@ def ode_pairs(run: Run, teacher: CausalWanModel) -> tuple[torch.Tensor, torch.Te
         batch_prompts, _ = sample_batch(n, 1, TRAIN_SEED + p.seed + 7, start, p.height, p.width)
         ctx = run.text(batch_prompts, run.device)
         noise = torch.randn((n, p.frames, *run.latent), generator=gen).to(run.device)
-        trajs.append(generate_ode_trajectory(teacher, ctx, None, noise, 48, 5.0, p.guidance, ODE_KEEP).cpu())
+        trajs.append(generate_ode_trajectory(teacher, ctx, None, noise, 48, 5.0, p.ode_guidance, ODE_KEEP).cpu())
         ctxs.append(ctx.cpu())
         prompts += batch_prompts
     trajs, ctxs = torch.cat(trajs), torch.cat(ctxs)
     save_ode_pairs(str(run.out / "ode_pairs.safetensors"), trajs, kept_timesteps(48, 5.0, ODE_KEEP), ctxs, prompts,
-                   guidance_scale=p.guidance, keep=ODE_KEEP, dtype=torch.float32)
+                   guidance_scale=p.ode_guidance, keep=ODE_KEEP, dtype=torch.float32)
     return trajs, ctxs
 
 
 def objective_config(run: Run, chunk: int, rolling_trick: bool = False) -> ObjectiveConfig:
-    return ObjectiveConfig(latent_shape=(run.p.frames, *run.latent), chunk_frames=chunk, guidance_scale=run.p.guidance,
+    return ObjectiveConfig(latent_shape=(run.p.frames, *run.latent), chunk_frames=chunk, guidance_scale=run.p.dmd_guidance,
                            critic_updates_per_generator=run.p.critic_ratio, rolling_trick=rolling_trick)
 
 
@@ -311,7 +312,7 @@ def stream_latents(run: Run, model: CausalWanModel, stream: StreamConfig, prompt
 def teacher_samples(run: Run, teacher: CausalWanModel, prompts: list[str]) -> torch.Tensor:
     gen = torch.Generator().manual_seed(run.p.seed + 17)
     noise = torch.randn((len(prompts), run.p.frames, *run.latent), generator=gen).to(run.device)
-    traj = generate_ode_trajectory(teacher, run.text(prompts, run.device), None, noise, 48, 5.0, run.p.guidance, (-1,))
+    traj = generate_ode_trajectory(teacher, run.text(prompts, run.device), None, noise, 48, 5.0, run.p.ode_guidance, (-1,))
     return traj[:, 0].cpu()
 
 
@@ -415,7 +416,7 @@ def reproduce(profile: Profile, device: str, out: Path, report: Path, command: s
     _, truth = sample_batch(profile.eval_samples, profile.frames, EVAL_SEED + profile.seed, 0, profile.height, profile.width)
     results = {"references": {
         "ground_truth": {"label": "Ground truth (renderer)", "metrics": score(truth, prompts)},
-        "teacher": {"label": "Teacher (bidirectional, 48 steps, CFG)", "metrics": score(teacher_samples(run, teacher, prompts), prompts)}},
+        "teacher": {"label": f"Teacher (bidirectional, 48 Euler steps, CFG {run.p.ode_guidance:g})", "metrics": score(teacher_samples(run, teacher, prompts), prompts)}},
         "students": {}}
     train_time = eval_time = 0.0
     for s in students():
