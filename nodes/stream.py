@@ -202,13 +202,14 @@ class SFStreamSampler:
         import comfy.model_management as mm
 
         config = stream_config_for(sf_model.stream_config, chunk_frames, steps, cache_window, cache_sink)
-        num_chunks = _num_chunks(length, length_unit, fps, config.chunk_frames, first=True)
         initial = None
         if start is not None:
             if (start.height, start.width) != (height, width):
                 raise ValueError(f"the start image was encoded at {start.width}×{start.height}, the sampler runs at "
                                  f"{width}×{height}; use the same size in both nodes")
             initial = start.latents
+        start_frames = None if initial is None else 4 * initial.shape[1] - 3  # the start image's decoded frames
+        num_chunks = _num_chunks(length, length_unit, fps, config.chunk_frames, start_frames)
         pipeline = StreamingPipeline(sf_model.model, config, sf_model.device, sf_model.dtype)
         prefill = 0 if initial is None else initial.shape[1]
         mm.soft_empty_cache()
@@ -219,15 +220,16 @@ class SFStreamSampler:
         return run_stream(stream, num_chunks, unique_id, record, filename_prefix, switches, live_recache, initial)
 
 
-def _num_chunks(length: float, unit: str, fps: float, chunk_frames: int, first: bool) -> int:
-    """Chunks needed for `length` seconds / video frames / chunks (the very first chunk of a stream gives
-    1 + 4·(n−1) video frames, later ones 4·n)."""
+def _num_chunks(length: float, unit: str, fps: float, chunk_frames: int, lead_frames: int | None) -> int:
+    """Chunks needed for `length` seconds / video frames / chunks. `lead_frames`: video frames this run
+    outputs before its first chunk (a start image; 0 for an extension); None for a fresh stream, whose very
+    first chunk gives 1 + 4·(n−1) video frames. Every other chunk gives 4·n."""
     if unit == "chunks":
         return max(1, round(length))
     frames = round(length * fps) if unit == "seconds" else round(length)
-    if first:
+    if lead_frames is None:
         return chunks_for_frames(frames, chunk_frames)
-    return max(1, -(-frames // (4 * chunk_frames)))
+    return max(1, -(-(frames - lead_frames) // (4 * chunk_frames)))
 
 
 def resolve_schedule(schedule: SFSchedule | None, base, fps, config, first_chunk) -> dict[int, PromptSwitch]:
@@ -273,7 +275,7 @@ class SFStreamExtend:
     def extend(self, sf_stream, length, length_unit, recache, record, filename_prefix, live_recache,
                sf_context=None, schedule=None, unique_id=None):
         config = sf_stream.config
-        num_chunks = _num_chunks(length, length_unit, sf_stream.fps, config.chunk_frames, first=False)
+        num_chunks = _num_chunks(length, length_unit, sf_stream.fps, config.chunk_frames, lead_frames=0)
         stream = dataclasses.replace(sf_stream, state=sf_stream.state.fork(), info=dict(sf_stream.info))
         state = stream.state
         state.cache.reserve(state.cache.frames_held + num_chunks * config.chunk_frames)

@@ -57,3 +57,14 @@ def test_growing_a_global_cache_continues_exactly(tiny_model):
     assert short.cache.capacity == long.cache.capacity
     got += [pipe.step(short).latents for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(got, reference))
+
+
+def test_chunk_count_counts_the_start_image_frames():
+    from nodes.stream import _num_chunks
+    n = 3  # a fresh stream: 9 frames, then 12 per chunk
+    assert [_num_chunks(f, "frames", 16, n, lead_frames=None) for f in (9, 10, 21, 22)] == [1, 2, 2, 3]
+    # a start image (1 latent frame -> 1 video frame) is decoded first; every generated chunk adds 12
+    assert [_num_chunks(f, "frames", 16, n, lead_frames=1) for f in (1, 13, 14, 25, 26)] == [1, 1, 2, 2, 3]
+    # an extension: every chunk adds 12
+    assert [_num_chunks(f, "frames", 16, n, lead_frames=0) for f in (1, 12, 13)] == [1, 1, 2]
+    assert _num_chunks(2.4, "chunks", 16, n, lead_frames=None) == 2
