@@ -14,7 +14,7 @@ import torch
 
 from sf_core.recording import VideoRecorder, channels_last, to_uint8_frames
 from sf_core.pipeline import PromptSwitch, StreamingPipeline
-from sf_core.schedule import chunks_for_frames, parse_schedule, schedule_switches
+from sf_core.schedule import chunk_frame_counts, chunks_for_frames, parse_schedule, schedule_switches
 from sf_core.vae import pipeline_to_comfy
 
 from . import live
@@ -228,7 +228,7 @@ def _num_chunks(length: float, unit: str, fps: float, chunk_frames: int, lead_fr
         return max(1, round(length))
     frames = round(length * fps) if unit == "seconds" else round(length)
     if lead_frames is None:
-        return chunks_for_frames(frames, chunk_frames)
+        return chunks_for_frames(frames, *chunk_frame_counts(chunk_frames))
     return max(1, -(-(frames - lead_frames) // (4 * chunk_frames)))
 
 

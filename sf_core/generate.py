@@ -24,6 +24,7 @@ from .bundle import FileProblem, load_bundle, problem, spatial_stride
 from .config import StreamConfig
 from .pipeline import PromptSwitch, StreamingPipeline
 from .recording import VideoRecorder, channels_last
+from .schedule import chunk_at_time, chunks_for_frames
 from .state import StateError, StreamState
 
 EXAMPLES = """\
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt-file", type=Path, help="read the prompt from this text file (whole file, stripped)")
     g.add_argument("--prompt-at", nargs=2, action="append", default=[], metavar=("WHEN", "PROMPT"),
                    help="switch to PROMPT at WHEN: seconds into this run ('5s', '2.5s') or a chunk index of this "
-                        "run ('c4'); a time switches at the first chunk starting at or after it. Repeatable")
+                        "run ('c4'); a time switches at the chunk starting nearest to it. Repeatable")
     g.add_argument("--recache", action="store_true",
                    help="on a prompt switch, re-encode the cached frames under the new prompt (faster change)")
 
@@ -179,23 +180,6 @@ def parse_when(text: str) -> tuple[str, float]:
     if not m:
         raise UsageError(f"--prompt-at {text!r}: expected seconds like '5s' or '2.5s', or a chunk index like 'c4'")
     return ("s", float(m.group(1))) if m.group(1) is not None else ("c", int(m.group(2)))
-
-
-def chunk_start_frames(decoder_first: int, decoder_later: int, chunk: int) -> int:
-    """First video frame of `chunk` (of this run) when chunk 0 gives `decoder_first` frames, later ones `decoder_later`."""
-    return 0 if chunk == 0 else decoder_first + (chunk - 1) * decoder_later
-
-
-def chunk_at_time(seconds: float, fps: float, first: int, later: int) -> int:
-    """The first chunk whose first frame is at or after `seconds`."""
-    frame = seconds * fps
-    if frame <= 0:
-        return 0
-    return 1 + max(0, math.ceil((frame - first) / later - 1e-9))
-
-
-def chunks_for_frames(frames: int, first: int, later: int) -> int:
-    return 1 if frames <= first else 1 + math.ceil((frames - first) / later)
 
 
 def parse_steps(text: str) -> tuple[float, ...]:

@@ -34,29 +34,36 @@ class ScheduleError(ValueError):
 # Timing
 
 
+def chunk_frame_counts(chunk_frames: int) -> tuple[int, int]:
+    """Video frames from a stream's first chunk and from each later chunk with the Wan VAE (4·n − 3, 4·n).
+
+    The timing functions below take these two counts, so other decoders (e.g. the toy pixels: n, n) work too.
+    """
+    return 4 * chunk_frames - 3, 4 * chunk_frames
+
+
 def frames_in_chunk(chunk_index: int, chunk_frames: int) -> int:
-    """Pixel frames chunk `chunk_index` decodes to (the first chunk of a stream has 3 fewer)."""
-    return 4 * chunk_frames - 3 if chunk_index == 0 else 4 * chunk_frames
+    """Pixel frames chunk `chunk_index` decodes to with the Wan VAE (the first chunk has 3 fewer)."""
+    first, later = chunk_frame_counts(chunk_frames)
+    return first if chunk_index == 0 else later
 
 
-def chunk_start_frame(chunk_index: int, chunk_frames: int) -> int:
-    """First pixel frame of chunk `chunk_index`."""
-    return 0 if chunk_index == 0 else (4 * chunk_frames - 3) + 4 * chunk_frames * (chunk_index - 1)
+def chunk_start_frame(chunk_index: int, first: int, later: int) -> int:
+    """First video frame of chunk `chunk_index`."""
+    return 0 if chunk_index == 0 else first + later * (chunk_index - 1)
 
 
-def chunks_for_frames(frames: int, chunk_frames: int) -> int:
-    """Fewest chunks that give at least `frames` pixel frames (at least one chunk)."""
-    first = frames_in_chunk(0, chunk_frames)
-    return 1 + max(0, math.ceil((frames - first) / (4 * chunk_frames)))
+def chunks_for_frames(frames: int, first: int, later: int) -> int:
+    """Fewest chunks that give at least `frames` video frames (at least one chunk)."""
+    return 1 + max(0, math.ceil((frames - first) / later))
 
 
-def chunk_at_time(seconds: float, fps: float, chunk_frames: int) -> int:
-    """The chunk whose first pixel frame is nearest to `seconds` (ties go to the later chunk)."""
+def chunk_at_time(seconds: float, fps: float, first: int, later: int) -> int:
+    """The chunk whose first video frame is nearest to `seconds` (ties go to the later chunk)."""
     frame = seconds * fps
-    first = frames_in_chunk(0, chunk_frames)
     if frame < first / 2:
         return 0
-    return max(1, 1 + math.floor((frame - first) / (4 * chunk_frames) + 0.5))
+    return max(1, 1 + math.floor((frame - first) / later + 0.5))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -70,7 +77,7 @@ class ScheduleEntry:
     unit: str          # "s" or "chunk"
 
     def chunk(self, fps: float, chunk_frames: int) -> int:
-        return chunk_at_time(self.at, fps, chunk_frames) if self.unit == "s" else int(self.at)
+        return chunk_at_time(self.at, fps, *chunk_frame_counts(chunk_frames)) if self.unit == "s" else int(self.at)
 
 
 def parse_schedule(text: str) -> list[ScheduleEntry]:

@@ -197,14 +197,15 @@ def test_prompt_at_rejects_other_forms(text):
         generate.parse_when(text)
 
 
-def test_times_map_to_the_first_chunk_starting_at_or_after_them():
+def test_times_map_to_the_nearest_chunk_start_like_the_nodes():
+    from sf_core.schedule import chunk_at_time, chunk_start_frame, chunks_for_frames
     first, later = 9, 12  # Wan: chunk k >= 1 starts at 9 + 12 (k - 1)
-    starts = [generate.chunk_start_frames(first, later, k) for k in range(6)]
+    starts = [chunk_start_frame(k, first, later) for k in range(6)]
     assert starts == [0, 9, 21, 33, 45, 57]
     for frame in range(0, 58):
-        k = generate.chunk_at_time(frame / 16, 16, first, later)
-        assert starts[k] >= frame and (k == 0 or starts[k - 1] < frame)
-    assert [generate.chunks_for_frames(n, first, later) for n in (1, 9, 10, 21, 22)] == [1, 1, 2, 2, 3]
+        k = chunk_at_time(frame / 16, 16, first, later)
+        assert abs(starts[k] - frame) == min(abs(s - frame) for s in starts)
+    assert [chunks_for_frames(n, first, later) for n in (1, 9, 10, 21, 22)] == [1, 1, 2, 2, 3]
 
 
 def test_steps_option():

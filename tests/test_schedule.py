@@ -2,30 +2,33 @@
 import pytest
 import torch
 
-from sf_core.schedule import (ScheduleError, chunk_at_time, chunk_start_frame, chunks_for_frames, frames_in_chunk,
+from sf_core.schedule import (ScheduleError, chunk_at_time, chunk_frame_counts, chunk_start_frame, chunks_for_frames,
+                              frames_in_chunk,
                               parse_schedule, schedule_switches)
 
 
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_frame_counts_add_up(n):
-    total = 0
+    total, counts = 0, chunk_frame_counts(n)
     for k in range(6):
-        assert chunk_start_frame(k, n) == total
+        assert chunk_start_frame(k, *counts) == total
         total += frames_in_chunk(k, n)
-        assert chunks_for_frames(total, n) == k + 1
-        assert chunks_for_frames(total + 1, n) == k + 2
+        assert chunks_for_frames(total, *counts) == k + 1
+        assert chunks_for_frames(total + 1, *counts) == k + 2
     assert frames_in_chunk(0, 3) == 9 and frames_in_chunk(1, 3) == 12
 
 
 def test_chunk_at_time_picks_the_nearest_chunk_start():
     fps, n = 16.0, 3
+    counts = chunk_frame_counts(n)
     for k in range(8):
-        start = chunk_start_frame(k, n)
-        assert chunk_at_time(start / fps, fps, n) == k
+        start = chunk_start_frame(k, *counts)
+        assert chunk_at_time(start / fps, fps, *counts) == k
         gap = frames_in_chunk(k, n)
-        assert chunk_at_time((start + 3) / fps, fps, n) == k            # nearer this start
-        assert chunk_at_time((start + gap - 3) / fps, fps, n) == k + 1  # nearer the next start
-    assert chunk_at_time(0.0, fps, n) == 0
+        assert chunk_at_time((start + 3) / fps, fps, *counts) == k            # nearer this start
+        assert chunk_at_time((start + gap - 3) / fps, fps, *counts) == k + 1  # nearer the next start
+    assert chunk_at_time(0.0, fps, *counts) == 0
+    assert chunk_at_time(4.5, 16.0, *counts) == 6  # the CLI's --prompt-at uses the same rule
 
 
 def test_parse_schedule_units_comments_and_errors():
