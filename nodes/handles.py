@@ -10,8 +10,10 @@ from typing import Callable
 
 import torch
 
+from sf_core.bundle import PixelDecoder, frame_counts, spatial_stride
 from sf_core.config import StreamConfig
 from sf_core.model import CausalWanModel
+from sf_core.vae import pipeline_to_comfy
 
 MODEL_TYPE = "SF_MODEL"
 VAE_TYPE = "SF_VAE"
@@ -44,6 +46,27 @@ class SFVAE:
     name: str
     encoder: object | None = None        # a sf_core.vae.WanVAE with encoder weights (image-to-video), or None
 
+    @property
+    def spatial_stride(self) -> int:
+        """Pixels per latent pixel (8 for the Wan VAE, 2 for the toy pixels)."""
+        return spatial_stride(self.decoder)
+
+    def frame_counts(self, chunk_frames: int) -> tuple[int, int]:
+        """Video frames from a stream's first chunk and from each later chunk."""
+        return frame_counts(self.decoder, chunk_frames)
+
+    def check_model(self, model: CausalWanModel) -> None:
+        channels = getattr(self.decoder, "latent_channels", None)
+        if channels is not None and channels != model.config.in_dim:
+            raise ValueError(f"{self.name!r} decodes {channels}-channel latents but the model makes "
+                             f"{model.config.in_dim}-channel ones; use the VAE that belongs to the model")
+
+    def to_comfy_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pipeline `[B, F, C, h, w]` → ComfyUI raw `[B, C, F, h, w]` (Wan: denormalised; toy pixels as they are)."""
+        if isinstance(self.decoder, PixelDecoder):
+            return latents.permute(0, 2, 1, 3, 4).contiguous()
+        return pipeline_to_comfy(latents)
+
     def fresh_decoder(self, state: dict[str, torch.Tensor] | None = None):
         """An independent decoder, continuing `state` (a `state_dict()` of the same kind of decoder)."""
         decoder = self.decoder.clone()
@@ -55,6 +78,13 @@ class SFVAE:
                 raise ValueError(f"the stream was decoded with a different kind of VAE than {self.name!r} "
                                  f"({error.args[0]}); continue it with the VAE it was started with") from None
         return decoder
+
+
+@dataclass
+class SFPromptEncoder:
+    """A text encoder without weights of its own to manage (e.g. the toy encoder): `encode(prompts)` → [B, L, D]."""
+    encode: Callable[[list[str]], torch.Tensor]
+    name: str = ""
 
 
 @dataclass

@@ -14,8 +14,7 @@ import torch
 
 from sf_core.recording import VideoRecorder, channels_last, to_uint8_frames
 from sf_core.pipeline import PromptSwitch, StreamingPipeline
-from sf_core.schedule import chunk_frame_counts, chunks_for_frames, parse_schedule, schedule_switches
-from sf_core.vae import pipeline_to_comfy
+from sf_core.schedule import chunks_for_frames, parse_schedule, schedule_switches
 
 from . import live
 from .handles import (CATEGORY, CONTEXT_TYPE, MODEL_TYPE, SCHEDULE_TYPE, START_TYPE, STREAM_TYPE, VAE_TYPE,
@@ -68,9 +67,9 @@ def run_stream(stream: SFStream, num_chunks: int, node_id, record: str, filename
     import comfy.utils
 
     state, model = stream.state, stream.model
-    pipeline = StreamingPipeline(model.model, stream.config, model.device, model.dtype)
+    pipeline = StreamingPipeline(model.model, stream.config, model.device, model.dtype, stream.vae.spatial_stride)
     decoder = stream.vae.fresh_decoder(decoder_state(state.extras))
-    height, width = 8 * state.latent_height, 8 * state.latent_width
+    height, width = stream.vae.spatial_stride * state.latent_height, stream.vae.spatial_stride * state.latent_width
     path = _output_path(filename_prefix, record, width, height)
     recorder = None
     if path:
@@ -120,7 +119,7 @@ def run_stream(stream: SFStream, num_chunks: int, node_id, record: str, filename
         live.MAILBOX.end(node)
 
     store_decoder_state(state.extras, decoder)
-    raw = pipeline_to_comfy(torch.cat(latents, dim=1))                        # [B, C, F, h, w]
+    raw = stream.vae.to_comfy_latent(torch.cat(latents, dim=1))               # [B, C, F, h, w]
     video = torch.cat(frames, dim=1)                                          # [B, T, 3, H, W]
     images = ((video.flatten(0, 1).permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1)  # [B·T, H, W, 3]
     report = (f"{reason}: {len(latents)}/{num_chunks} chunks, {video.shape[1]} frames {width}×{height} at "
@@ -202,6 +201,7 @@ class SFStreamSampler:
         import comfy.model_management as mm
 
         config = stream_config_for(sf_model.stream_config, chunk_frames, steps, cache_window, cache_sink)
+        sf_vae.check_model(sf_model.model)
         initial = None
         if start is not None:
             if (start.height, start.width) != (height, width):
@@ -209,34 +209,37 @@ class SFStreamSampler:
                                  f"{width}×{height}; use the same size in both nodes")
             initial = start.latents
         start_frames = None if initial is None else 4 * initial.shape[1] - 3  # the start image's decoded frames
-        num_chunks = _num_chunks(length, length_unit, fps, config.chunk_frames, start_frames)
-        pipeline = StreamingPipeline(sf_model.model, config, sf_model.device, sf_model.dtype)
+        counts = sf_vae.frame_counts(config.chunk_frames)
+        num_chunks = _num_chunks(length, length_unit, fps, counts, start_frames)
+        pipeline = StreamingPipeline(sf_model.model, config, sf_model.device, sf_model.dtype, sf_vae.spatial_stride)
         prefill = 0 if initial is None else initial.shape[1]
         mm.soft_empty_cache()
         state = pipeline.start(sf_context.embedding, height, width, seed=seed, initial_latents=initial,
                                max_frames=prefill + num_chunks * config.chunk_frames)
         stream = SFStream(state, sf_model, sf_vae, sf_context, config, fps)
-        switches = resolve_schedule(schedule, sf_context.embedding, fps, config, first_chunk=0)
+        switches = resolve_schedule(schedule, sf_context.embedding, fps, config, counts, first_chunk=0)
         return run_stream(stream, num_chunks, unique_id, record, filename_prefix, switches, live_recache, initial)
 
 
-def _num_chunks(length: float, unit: str, fps: float, chunk_frames: int, lead_frames: int | None) -> int:
-    """Chunks needed for `length` seconds / video frames / chunks. `lead_frames`: video frames this run
-    outputs before its first chunk (a start image; 0 for an extension); None for a fresh stream, whose very
-    first chunk gives 1 + 4·(n−1) video frames. Every other chunk gives 4·n."""
+def _num_chunks(length: float, unit: str, fps: float, counts: tuple[int, int], lead_frames: int | None) -> int:
+    """Chunks needed for `length` seconds / video frames / chunks. `counts`: (first, later) video frames per
+    chunk of the decoder in use (Wan: 4·n − 3, 4·n). `lead_frames`: video frames this run outputs before its
+    first chunk (a start image; 0 for an extension); None for a fresh stream, whose very first chunk gives
+    `first` frames. Every other chunk gives `later`."""
     if unit == "chunks":
         return max(1, round(length))
     frames = round(length * fps) if unit == "seconds" else round(length)
+    first, later = counts
     if lead_frames is None:
-        return chunks_for_frames(frames, *chunk_frame_counts(chunk_frames))
-    return max(1, -(-(frames - lead_frames) // (4 * chunk_frames)))
+        return chunks_for_frames(frames, first, later)
+    return max(1, -(-(frames - lead_frames) // later))
 
 
-def resolve_schedule(schedule: SFSchedule | None, base, fps, config, first_chunk) -> dict[int, PromptSwitch]:
+def resolve_schedule(schedule: SFSchedule | None, base, fps, config, counts, first_chunk) -> dict[int, PromptSwitch]:
     if schedule is None:
         return {}
     return schedule_switches(schedule.entries, schedule.embeddings, base, fps, config.chunk_frames, first_chunk,
-                             schedule.blend_chunks, schedule.recache)
+                             schedule.blend_chunks, schedule.recache, counts)
 
 
 class SFStreamExtend:
@@ -275,7 +278,8 @@ class SFStreamExtend:
     def extend(self, sf_stream, length, length_unit, recache, record, filename_prefix, live_recache,
                sf_context=None, schedule=None, unique_id=None):
         config = sf_stream.config
-        num_chunks = _num_chunks(length, length_unit, sf_stream.fps, config.chunk_frames, lead_frames=0)
+        counts = sf_stream.vae.frame_counts(config.chunk_frames)
+        num_chunks = _num_chunks(length, length_unit, sf_stream.fps, counts, lead_frames=0)
         stream = dataclasses.replace(sf_stream, state=sf_stream.state.fork(), info=dict(sf_stream.info))
         state = stream.state
         state.cache.reserve(state.cache.frames_held + num_chunks * config.chunk_frames)
@@ -283,7 +287,8 @@ class SFStreamExtend:
         if sf_context is not None:
             stream.context = sf_context
             switches[state.chunk_index] = PromptSwitch(sf_context.embedding, recache)
-        switches.update(resolve_schedule(schedule, stream.context.embedding, stream.fps, config, state.chunk_index))
+        switches.update(resolve_schedule(schedule, stream.context.embedding, stream.fps, config, counts,
+                                         state.chunk_index))
         return run_stream(stream, num_chunks, unique_id, record, filename_prefix, switches, live_recache)
 
 

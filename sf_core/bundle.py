@@ -17,6 +17,7 @@ from .checkpoint import load_model
 from .config import StreamConfig
 from .decoding import ChunkDecoder
 from .model import CausalWanModel
+from .schedule import chunk_frame_counts
 
 # role -> (what is expected, where ComfyUI users keep it)
 ROLES = {
@@ -90,6 +91,11 @@ class PixelDecoder:
     """The toy world's decoder: latents are pixels (space-to-depth ×2), f latents → f frames; stateless."""
 
     spatial_stride = 2
+    latent_channels = 12
+
+    @staticmethod
+    def frame_counts(chunk_frames: int) -> tuple[int, int]:
+        return chunk_frames, chunk_frames
 
     def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
         from .toy.render import from_latent
@@ -108,6 +114,13 @@ class PixelDecoder:
 
 def spatial_stride(decoder) -> int:
     return getattr(decoder, "spatial_stride", 8)
+
+
+def frame_counts(decoder, chunk_frames: int) -> tuple[int, int]:
+    """Video frames the decoder gives for a stream's first chunk and for each later chunk of `chunk_frames`
+    latent frames: (4n − 3, 4n) for the Wan VAE and TAEHV, (n, n) for the toy pixels."""
+    counts = getattr(decoder, "frame_counts", None)
+    return counts(chunk_frames) if counts is not None else chunk_frame_counts(chunk_frames)
 
 
 @dataclass

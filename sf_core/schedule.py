@@ -76,8 +76,11 @@ class ScheduleEntry:
     at: float          # seconds or chunk index, see `unit`
     unit: str          # "s" or "chunk"
 
-    def chunk(self, fps: float, chunk_frames: int) -> int:
-        return chunk_at_time(self.at, fps, *chunk_frame_counts(chunk_frames)) if self.unit == "s" else int(self.at)
+    def chunk(self, fps: float, chunk_frames: int, counts: tuple[int, int] | None = None) -> int:
+        """Chunk index of this entry; `counts`: (first, later) video frames per chunk, default the Wan VAE's."""
+        if self.unit != "s":
+            return int(self.at)
+        return chunk_at_time(self.at, fps, *(counts or chunk_frame_counts(chunk_frames)))
 
 
 def parse_schedule(text: str) -> list[ScheduleEntry]:
@@ -103,7 +106,8 @@ def parse_schedule(text: str) -> list[ScheduleEntry]:
 
 def schedule_switches(entries: list[ScheduleEntry], embeddings: dict[str, torch.Tensor],
                       base_context: torch.Tensor, fps: float, chunk_frames: int, first_chunk: int = 0,
-                      blend_chunks: int = 0, recache: bool = False) -> dict[int, PromptSwitch]:
+                      blend_chunks: int = 0, recache: bool = False,
+                      counts: tuple[int, int] | None = None) -> dict[int, PromptSwitch]:
     """Prompt switches keyed by absolute chunk index, for `StreamingPipeline.stream(prompts=...)`.
 
     Entry times count from `first_chunk` (the chunk the current run starts at). `embeddings` maps each
@@ -111,8 +115,9 @@ def schedule_switches(entries: list[ScheduleEntry], embeddings: dict[str, torch.
     With `blend_chunks = k > 1` a switch is spread over k chunks, the context moving linearly from the
     previous prompt to the new one (the last of them is the new prompt exactly); `recache` re-encodes
     the cache under the new prompt at the last of them. A later entry overrides overlapping blends.
+    `counts`: (first, later) video frames per chunk of the decoder in use (default: the Wan VAE's).
     """
-    timed = sorted(((e.chunk(fps, chunk_frames), i, e) for i, e in enumerate(entries)), key=lambda x: x[:2])
+    timed = sorted(((e.chunk(fps, chunk_frames, counts), i, e) for i, e in enumerate(entries)), key=lambda x: x[:2])
     switches: dict[int, PromptSwitch] = {}
     previous = base_context
     steps = max(1, blend_chunks)

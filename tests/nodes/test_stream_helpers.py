@@ -2,11 +2,13 @@
 import pytest
 import torch
 
-from nodes.handles import SFContext, fit_context
+from nodes.handles import SFContext, SFVAE, fit_context
 from nodes.loaders import SFConditioningToContext
 from nodes.stream import stream_config_for
+from sf_core.bundle import PixelDecoder
 from sf_core.config import StreamConfig
 from sf_core.pipeline import StreamingPipeline
+from sf_core.schedule import chunk_frame_counts
 
 
 def test_fit_context_truncates_and_zero_pads_to_512():
@@ -61,10 +63,18 @@ def test_growing_a_global_cache_continues_exactly(tiny_model):
 
 def test_chunk_count_counts_the_start_image_frames():
     from nodes.stream import _num_chunks
-    n = 3  # a fresh stream: 9 frames, then 12 per chunk
+    n = chunk_frame_counts(3)  # a fresh stream: 9 frames, then 12 per chunk
     assert [_num_chunks(f, "frames", 16, n, lead_frames=None) for f in (9, 10, 21, 22)] == [1, 2, 2, 3]
     # a start image (1 latent frame -> 1 video frame) is decoded first; every generated chunk adds 12
     assert [_num_chunks(f, "frames", 16, n, lead_frames=1) for f in (1, 13, 14, 25, 26)] == [1, 1, 2, 2, 3]
     # an extension: every chunk adds 12
     assert [_num_chunks(f, "frames", 16, n, lead_frames=0) for f in (1, 12, 13)] == [1, 1, 2]
     assert _num_chunks(2.4, "chunks", 16, n, lead_frames=None) == 2
+
+
+def test_chunk_count_follows_the_decoder_frame_counts():
+    from nodes.stream import _num_chunks
+    toy = SFVAE(PixelDecoder(), "toy").frame_counts(3)  # toy pixels: 3 latent frames -> 3 video frames
+    assert toy == (3, 3) and SFVAE(object(), "wan").frame_counts(3) == chunk_frame_counts(3)
+    assert [_num_chunks(s, "seconds", 8, toy, lead_frames=None) for s in (0.375, 0.5, 6.0)] == [1, 2, 16]
+    assert [_num_chunks(f, "frames", 8, toy, lead_frames=0) for f in (3, 4, 48)] == [1, 2, 16]
