@@ -119,6 +119,8 @@ class Player {
       if (this.canvas.width !== chunk.width || this.canvas.height !== chunk.height) {
         this.canvas.width = chunk.width;
         this.canvas.height = chunk.height;
+        // Small streams (e.g. the 16×16 toy world) are scaled up a lot: keep their pixels crisp.
+        this.canvas.style.imageRendering = Math.max(chunk.width, chunk.height) < 128 ? "pixelated" : "auto";
       }
       this.updateReadout();
     }).catch((error) => this.setStatus(`preview error: ${error}`));
