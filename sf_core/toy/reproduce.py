@@ -89,6 +89,9 @@ PROFILES = {
     "full": Profile("full", dim=128, ffn_dim=256, teacher_steps=6000, teacher_lr=5e-4, ode_pairs=512,
                     ode_steps=1500, forcing_steps=1500, dmd_steps=600, critic_ratio=5, many_steps=16, student_lr=1e-4,
                     critic_lr=1e-4, eval_samples=64),
+    # The embedded default: a wider, deeper teacher and longer training than `quick`, still CPU-sized.
+    "default": Profile("default", dim=128, ffn_dim=256, num_layers=4, teacher_steps=5000, teacher_lr=5e-4,
+                       ode_pairs=256, ode_steps=800, dmd_steps=200, eval_samples=16),
     "smoke": Profile("smoke", frames=6, dim=32, ffn_dim=64, num_layers=1, batch=2, teacher_steps=2, ode_pairs=2,
                      ode_steps=2, forcing_steps=2, dmd_steps=1, critic_ratio=1, many_steps=2, eval_samples=2,
                      eval_lengths=(1, 2)),
