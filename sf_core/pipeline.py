@@ -151,22 +151,24 @@ class StreamingPipeline:
         state.cache.cross_ready = False
         if not recache or state.history is None:
             return
-        cache, n = state.cache, self.config.chunk_frames
+        cache, starts, sink = state.cache, state.info.get("block_starts", []), self.config.sink
         cache.reset()
         if state.sink_latents is not None:
-            self._cache_pass(state, state.sink_latents, 0)
-        cache.global_end = state.history_start * cache.frame_tokens  # continue at the window's first frame
-        hist = state.history
-        for a in range(0, hist.shape[1], n):
-            self._cache_pass(state, hist[:, a:a + n], state.history_start + a)
+            for a, b in _blocks(0, state.sink_latents.shape[1], starts):
+                self._cache_pass(state, state.sink_latents[:, a:b], a)
+        h0 = state.history_start
+        cache.global_end = h0 * cache.frame_tokens  # continue at the window's first frame
+        for a, b in _blocks(h0, h0 + state.history.shape[1], starts):
+            self._cache_pass(state, state.history[:, a - h0:b - h0], a)
 
     def _remember(self, state: StreamState, x0: torch.Tensor, start: int) -> None:
-        """Keep the clean latents that are still in the cache (needed to re-cache on a prompt switch)."""
+        """Keep the clean latents still in the cache, and where their blocks start, so a prompt switch can
+        re-cache them block by block exactly as they were first passed."""
         x0 = x0.detach()
         cfg = self.config
-        if cfg.sink and state.sink_latents is None or (state.sink_latents is not None and
-                                                     state.sink_latents.shape[1] < cfg.sink):
-            have = 0 if state.sink_latents is None else state.sink_latents.shape[1]
+        state.info.setdefault("block_starts", []).append(start)
+        have = 0 if state.sink_latents is None else state.sink_latents.shape[1]
+        if have < cfg.sink:
             take = x0[:, : cfg.sink - have]
             state.sink_latents = take.clone() if state.sink_latents is None else torch.cat([state.sink_latents, take], 1)
             x0, start = x0[:, take.shape[1]:], start + take.shape[1]
@@ -181,3 +183,10 @@ class StreamingPipeline:
             drop = state.history.shape[1] - keep
             state.history = state.history[:, drop:]
             state.history_start += drop
+        state.info["block_starts"] = [b for b in state.info["block_starts"] if b < cfg.sink or b >= state.history_start]
+
+
+def _blocks(begin: int, end: int, starts: list[int]) -> list[tuple[int, int]]:
+    """[begin, end) cut at the recorded block starts inside it."""
+    cuts = sorted({begin, end} | {s for s in starts if begin < s < end})
+    return list(zip(cuts[:-1], cuts[1:]))

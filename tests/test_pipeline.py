@@ -189,3 +189,20 @@ def test_step_callback_and_final_chunk_without_cache_pass(tiny_model):
     assert torch.equal(last.latents, pipe.step(ref).latents)  # same chunk, one pass fewer
     with pytest.raises(RuntimeError, match="cannot be continued"):
         pipe.step(state)
+
+
+def test_recache_keeps_the_original_block_boundaries(tiny_model):
+    """A 4-frame prefill (blocks [0,1) and [1,4)) and chunks [4,7), [7,10): a recache re-passes exactly these
+    blocks, so the cache equals passing them under the new prompt (not a re-chunking from the window start)."""
+    pipe = StreamingPipeline(tiny_model, StreamConfig(window=12))
+    init = torch.randn(1, 4, TINY.in_dim, 4, 4, generator=torch.Generator().manual_seed(5))
+    state = pipe.start(_ctx(0), H, W, seed=1, initial_latents=init)
+    _run(pipe, state, 2)
+    assert state.info["block_starts"] == [0, 1, 4, 7]
+    pipe.switch_prompt(state, _ctx(1), recache=True)
+    ref = pipe.start(_ctx(1), H, W)
+    frames = state.history
+    with torch.no_grad():
+        for a, b in ((0, 1), (1, 4), (4, 7), (7, 10)):
+            tiny_model(frames[:, a:b], torch.zeros(1, b - a), _ctx(1), ref.cache, a)
+    assert torch.equal(state.cache.k[:, :, :40], ref.cache.k[:, :, :40])
