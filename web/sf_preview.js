@@ -81,7 +81,13 @@ class Player {
   }
 
   async post(path, body) {
-    const response = await api.fetchApi(path, { method: "POST", body: JSON.stringify(body) });
+    let response;
+    try {
+      response = await api.fetchApi(path, { method: "POST", body: JSON.stringify(body) });
+    } catch (err) {  // server gone or network error: say so on the node instead of an unhandled rejection
+      this.setStatus(`${path} failed: ${err.message || err}`);
+      return {};
+    }
     const reply = await response.json().catch(() => ({}));
     if (!response.ok) this.setStatus(reply.error || `${path} failed (${response.status})`);
     return reply;
