@@ -151,7 +151,7 @@ class StreamingPipeline:
         state.cache.cross_ready = False
         if not recache or state.history is None:
             return
-        cache, starts, sink = state.cache, state.info.get("block_starts", []), self.config.sink
+        cache, starts = state.cache, state.info.get("block_starts", [])
         cache.reset()
         if state.sink_latents is not None:
             for a, b in _blocks(0, state.sink_latents.shape[1], starts):
