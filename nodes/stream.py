@@ -145,17 +145,25 @@ def _record_inputs():
     }
 
 
-class SFStreamSampler:
-    DESCRIPTION = ("Generates a video chunk by chunk with a causal (Self Forcing) model, streaming each decoded chunk "
-                   "to the preview on this node. Stop (graceful) and live prompt switches work from the preview "
-                   "widget; Cancel interrupts between denoising steps. Outputs the raw LATENT, the frames, and a "
-                   "stream state that 'SF Stream Extend' continues exactly.")
+class _LiveStream:
+    """What the sampler and extend nodes share: stream outputs, live preview, never cached."""
     CATEGORY = CATEGORY
-    FUNCTION = "sample"
     RETURN_TYPES = OUTPUTS
     RETURN_NAMES = OUTPUT_NAMES
     OUTPUT_NODE = True
     SF_LIVE_PREVIEW = True
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # live control (stop, prompt switches) makes every run different
+
+
+class SFStreamSampler(_LiveStream):
+    DESCRIPTION = ("Generates a video chunk by chunk with a causal (Self Forcing) model, streaming each decoded chunk "
+                   "to the preview on this node. Stop (graceful) and live prompt switches work from the preview "
+                   "widget; Cancel interrupts between denoising steps. Outputs the raw LATENT, the frames, and a "
+                   "stream state that 'SF Stream Extend' continues exactly.")
+    FUNCTION = "sample"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -190,10 +198,6 @@ class SFStreamSampler:
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return float("nan")  # live control makes every run different
 
     def sample(self, sf_model, sf_context, sf_vae, width, height, length, length_unit, seed, fps, chunk_frames,
                steps, cache_window, cache_sink, record, filename_prefix, live_recache, schedule=None, start=None,
@@ -242,16 +246,11 @@ def resolve_schedule(schedule: SFSchedule | None, base, fps, config, counts, fir
                              schedule.blend_chunks, schedule.recache, counts)
 
 
-class SFStreamExtend:
+class SFStreamExtend(_LiveStream):
     DESCRIPTION = ("Continues a stream exactly where it ended (KV cache, VAE cache, noise, position): the same prompt "
                    "or a new one, optionally re-caching the recent frames under the new prompt. Chain as many as you "
                    "like; the input stream is never changed.")
-    CATEGORY = CATEGORY
     FUNCTION = "extend"
-    RETURN_TYPES = OUTPUTS
-    RETURN_NAMES = OUTPUT_NAMES
-    OUTPUT_NODE = True
-    SF_LIVE_PREVIEW = True
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -270,10 +269,6 @@ class SFStreamExtend:
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return float("nan")
 
     def extend(self, sf_stream, length, length_unit, recache, record, filename_prefix, live_recache,
                sf_context=None, schedule=None, unique_id=None):
