@@ -33,18 +33,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sf_core.accel import FastForward  # noqa: E402
-from sf_core.config import WAN_1_3B, ModelConfig, StreamConfig  # noqa: E402
-from sf_core.fp8 import simulate_fp8_weights_  # noqa: E402
+from sf_core.speed.graphs import FastForward  # noqa: E402
+from sf_core.config import DTYPES, SHORT_DTYPE_NAMES, WAN_1_3B, ModelConfig, StreamConfig  # noqa: E402
+from sf_core.speed.fp8 import simulate_fp8_weights_  # noqa: E402
 from sf_core.model import CausalWanModel  # noqa: E402
-from sf_core.overlap import decode_overlapped, decode_sequential  # noqa: E402
+from sf_core.speed.overlap import decode_overlapped, decode_sequential  # noqa: E402
 from sf_core.pipeline import StreamingPipeline  # noqa: E402
-from sf_core.taehv import TAEHV, StreamingTAEHVDecoder  # noqa: E402
-from sf_core.vae import StreamingDecoder, VAEConfig, WanVAE  # noqa: E402
+from sf_core.vae.taehv import TAEHV, StreamingTAEHVDecoder  # noqa: E402
+from sf_core.vae.wan import StreamingDecoder, VAEConfig, WanVAE  # noqa: E402
 
 TINY_DIT = ModelConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=16, out_dim=16, text_dim=32,
                        freq_dim=32, text_len=16)
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FLOOR_TFLOPS = 800.0  # assumed achievable dense bf16 on an H100 (selfforcing.md §8.3)
 RANDOM_WEIGHTS_NOTE = "weights are random: the compute cost of every configuration does not depend on weight values"
 
@@ -198,7 +197,7 @@ def main(argv=None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--tiny", action="store_true", help="small DiT/decoders at 32×48 px: a CPU smoke run")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=DTYPES, help="default bf16 (fp32 with --tiny on CPU)")
+    p.add_argument("--dtype", choices=SHORT_DTYPE_NAMES, help="default bf16 (fp32 with --tiny on CPU)")
     p.add_argument("--chunks", type=int, default=7, help="chunks per video (7 × 3 latents = 81 frames)")
     p.add_argument("--long-chunks", type=int, help="rolling run length (default 40; 4 with --tiny)")
     p.add_argument("--window", type=int, default=12, help="rolling window in latent frames")

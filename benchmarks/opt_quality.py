@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sf_core.config import ModelConfig, StreamConfig  # noqa: E402
-from sf_core.fp8 import simulate_fp8_weights_  # noqa: E402
+from sf_core.speed.fp8 import simulate_fp8_weights_  # noqa: E402
 from sf_core.model import CausalWanModel  # noqa: E402
 from sf_core.pipeline import StreamingPipeline  # noqa: E402
 from sf_core.rope import apply_rope, apply_rope_fast, fast_freqs, grid_freqs  # noqa: E402

@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from sf_core.taehv import TAEHV, StreamingTAEHVDecoder
-from sf_core.vae import StreamingDecoder, VAEConfig, WanVAE
+from sf_core.config import DTYPES, SHORT_DTYPE_NAMES
+from sf_core.vae.taehv import TAEHV, StreamingTAEHVDecoder
+from sf_core.vae.wan import StreamingDecoder, VAEConfig, WanVAE
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _sync(device: torch.device) -> None:
@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="real sizes: VAE dim 96, TAEHV widths 256/128/64/64, 480x832")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=DTYPES, default="fp32")
+    ap.add_argument("--dtype", choices=SHORT_DTYPE_NAMES, default="fp32")
     ap.add_argument("--height", type=int, help="pixels (default 480 with --full, else 64)")
     ap.add_argument("--width", type=int, help="pixels (default 832 with --full, else 96)")
     ap.add_argument("--chunks", type=int, default=5, help="chunks decoded per decoder (first is warm-up)")

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from sf_core.assets import default_model
-from sf_core.bundle import PixelDecoder, load_bundle
+from sf_core.config import DTYPES
+from sf_core.generate.files import default_model
+from sf_core.generate.bundle import load_bundle
 
-from .handles import CATEGORY, DTYPES, MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, SFModel, SFPromptEncoder, SFVAE
+from .handles import CATEGORY, MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, SFModel, SFPromptEncoder, SFVAE
 
 NAME = "embedded default"
 
@@ -43,7 +44,7 @@ class SFEmbeddedDefaultModel:
         files = default_model()
         bundle = load_bundle(files, target, dtype, decoder_dtype=torch.float32 if target.type == "cpu" else dtype)
         decoder = bundle.decoder
-        encoder = None if isinstance(decoder, PixelDecoder) else getattr(decoder, "vae", None)
+        encoder = getattr(decoder, "vae", None)
         vae = SFVAE(decoder, NAME, encoder if getattr(encoder, "has_encoder", False) else None)
         params = sum(p.numel() for p in bundle.model.parameters())
         info = (f"{files.description}\n{params / 1e6:.2f} M parameters, {bundle.model.dtype} on {target}; "

@@ -10,10 +10,10 @@ from typing import Callable
 
 import torch
 
-from sf_core.bundle import PixelDecoder, frame_counts, spatial_stride
 from sf_core.config import StreamConfig
 from sf_core.model import CausalWanModel
-from sf_core.vae import pipeline_to_comfy
+from sf_core.media.timing import decoder_frame_counts
+from sf_core.vae.wan import pipeline_to_comfy
 
 MODEL_TYPE = "SF_MODEL"
 VAE_TYPE = "SF_VAE"
@@ -25,7 +25,6 @@ START_TYPE = "SF_START"
 
 CATEGORY = "Self-Forcing"
 CONTEXT_TOKENS = 512  # the text length every Wan2.1 DiT was trained with
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -42,18 +41,18 @@ class SFModel:
 
 @dataclass
 class SFVAE:
-    decoder: object                      # a sf_core.decoding.ChunkDecoder prototype (never run directly)
+    decoder: object                      # a sf_core.vae.decoders.ChunkDecoder prototype (never run directly)
     name: str
-    encoder: object | None = None        # a sf_core.vae.WanVAE with encoder weights (image-to-video), or None
+    encoder: object | None = None        # a sf_core.vae.wan.WanVAE with encoder weights (image-to-video), or None
 
     @property
     def spatial_stride(self) -> int:
         """Pixels per latent pixel (8 for the Wan VAE, 2 for the toy pixels)."""
-        return spatial_stride(self.decoder)
+        return getattr(self.decoder, "spatial_stride", 8)
 
     def frame_counts(self, chunk_frames: int) -> tuple[int, int]:
         """Video frames from a stream's first chunk and from each later chunk."""
-        return frame_counts(self.decoder, chunk_frames)
+        return decoder_frame_counts(self.decoder, chunk_frames)
 
     def check_model(self, model: CausalWanModel) -> None:
         channels = getattr(self.decoder, "latent_channels", None)
@@ -63,7 +62,7 @@ class SFVAE:
 
     def to_comfy_latent(self, latents: torch.Tensor) -> torch.Tensor:
         """Pipeline `[B, F, C, h, w]` → ComfyUI raw `[B, C, F, h, w]` (Wan: denormalised; toy pixels as they are)."""
-        if isinstance(self.decoder, PixelDecoder):
+        if not getattr(self.decoder, "normalised_latents", True):
             return latents.permute(0, 2, 1, 3, 4).contiguous()
         return pipeline_to_comfy(latents)
 
@@ -109,7 +108,7 @@ class SFStart:
 
 @dataclass
 class SFSchedule:
-    entries: list                        # sf_core.schedule.ScheduleEntry
+    entries: list                        # sf_core.media.timing.ScheduleEntry
     embeddings: dict[str, torch.Tensor]  # prompt -> [B, L, D]
     blend_chunks: int = 0
     recache: bool = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from sf_core.checkpoint import save_comfy_native_ar
+from sf_core.weights.checkpoint import save_comfy_native_ar
 from sf_core.config import StreamConfig
 from sf_core.state import StreamState
 

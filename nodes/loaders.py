@@ -7,14 +7,15 @@ from dataclasses import asdict
 
 import torch
 
+from sf_core.config import DTYPES
 from sf_core.attention import BACKENDS
-from sf_core.checkpoint import load_model
-from sf_core.decoding import load_chunk_decoder
-from sf_core.taehv import StreamingTAEHVDecoder
-from sf_core.text import TextEncoder
-from sf_core.vae import StreamingDecoder, vae_from_state_dict
+from sf_core.weights.checkpoint import load_model
+from sf_core.vae.decoders import load_chunk_decoder
+from sf_core.vae.taehv import StreamingTAEHVDecoder
+from sf_core.text.encoder import TextEncoder
+from sf_core.vae.wan import StreamingDecoder, vae_from_state_dict
 
-from .handles import (CATEGORY, CONTEXT_TYPE, DTYPES, MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, SFContext, SFModel,
+from .handles import (CATEGORY, CONTEXT_TYPE, MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, SFContext, SFModel,
                       SFVAE, fit_context)
 
 SF_FOLDER = "self_forcing"  # models/self_forcing: our own list, next to models/diffusion_models

@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from sf_core.recording import VideoRecorder, channels_last, to_uint8_frames
+from sf_core.media.recording import VideoRecorder, channels_last, to_uint8_frames
 from sf_core.pipeline import PromptSwitch, StreamingPipeline
-from sf_core.schedule import chunks_for_frames, parse_schedule, schedule_switches
+from sf_core.media.timing import chunks_for_frames, parse_schedule, schedule_switches
 
 from . import live
 from .handles import (CATEGORY, CONTEXT_TYPE, MODEL_TYPE, SCHEDULE_TYPE, START_TYPE, STREAM_TYPE, VAE_TYPE,

@@ -4,6 +4,20 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+import torch
+
+# The one table of dtype names: short names (node widgets, convert, benchmarks) and torch's long names
+# (CLI, training configs) both map here.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+          "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SHORT_DTYPE_NAMES = ("bf16", "fp16", "fp32")
+LONG_DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def short_dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bf16"."""
+    return next(name for name in SHORT_DTYPE_NAMES if DTYPES[name] == dtype)
+
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from safetensors import safe_open
 
 from .cache import KVCache
-from .checkpoint import write_safetensors_atomic
+from sf_core.weights.checkpoint import write_safetensors_atomic
 from .noise import NoiseSource, noise_from_spec, SeededNoise
 
 FORMAT = "sf_stream_state/1"

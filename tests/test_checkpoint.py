@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sf_core.checkpoint import (CheckpointError, check_state_dict, diffusers_to_wan, load_model, load_state_dict,
+from sf_core.weights.checkpoint import (CheckpointError, check_state_dict, diffusers_to_wan, load_model, load_state_dict,
                                 model_config_from, save_comfy_native_ar, save_diffusers, save_safetensors,
                                 wan_param_shapes, wan_to_diffusers, write_safetensors_atomic)
 from sf_core.config import WAN_1_3B, WAN_14B, ConfigError, ModelConfig, StreamConfig

@@ -1,4 +1,4 @@
-"""`python -m sf_core.convert` on real files: every output format, dtype, stream settings, errors."""
+"""`python -m sf_core.weights.convert` on real files: every output format, dtype, stream settings, errors."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from sf_core.checkpoint import load_state_dict
+from sf_core.weights.checkpoint import load_state_dict
 from sf_core.config import ModelConfig, StreamConfig
-from sf_core.convert import main
+from sf_core.weights.convert import main
 from tests.test_checkpoint import TINY, assert_same, diffusers_name, random_sd, wan_vae_keys, write_layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def test_bad_stream_options(argv, message, tmp_path):
 
 
 def test_module_is_runnable_with_complete_help():
-    result = subprocess.run([sys.executable, "-m", "sf_core.convert", "--help"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "sf_core.weights.convert", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     for option in ("--format", "--dtype", "--chunk-frames", "--steps", "--shift", "--window", "--sink",

@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from sf_core import generate
-from sf_core.checkpoint import save_safetensors
+from sf_core.generate import cli as generate
+from sf_core.weights.checkpoint import save_safetensors
 from sf_core.config import ModelConfig, StreamConfig
 from sf_core.model import CausalWanModel
-from sf_core.recording import read_video
-from sf_core.taehv import TAEHV
-from sf_core.tiny_assets import TINY_UMT5, make_tiny_umt5
-from sf_core.vae import VAEConfig, WanVAE
+from sf_core.media.recording import read_video
+from sf_core.vae.taehv import TAEHV
+from sf_core.testing.tiny import TINY_UMT5, make_tiny_umt5
+from sf_core.vae.wan import VAEConfig, WanVAE
 
 from conftest import randomize
 
@@ -116,16 +116,6 @@ def test_sigint_mid_stream_keeps_every_finished_chunk(files, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # In-process runs of the same entry point
 
-def test_default_model_runs_without_model_arguments(tmp_path, monkeypatch, capsys):
-    from sf_core import assets
-    monkeypatch.setattr(assets, "DEFAULT_ASSETS", tmp_path / "no_embedded_model")  # the stand-in fallback
-    assert generate.main(["--chunks", "2", "--out", str(tmp_path / "d.mp4")]) == 0
-    assert "UNTRAINED STAND-IN" in capsys.readouterr().err
-    frames, fps = read_video(tmp_path / "d.mp4")
-    assert frames.shape == (9 + 12, 32, 32, 3) and fps == pytest.approx(16)
-
-
-
 def test_frames_and_seconds_trim_to_the_exact_length(files, tmp_path):
     assert generate.main([*_model_args(files), "--frames", "14", *SIZE, "--out", str(tmp_path / "a.mp4")]) == 0
     assert read_video(tmp_path / "a.mp4")[0].shape[0] == 14
@@ -198,7 +188,7 @@ def test_prompt_at_rejects_other_forms(text):
 
 
 def test_times_map_to_the_nearest_chunk_start_like_the_nodes():
-    from sf_core.schedule import chunk_at_time, chunk_start_frame, chunks_for_frames
+    from sf_core.media.timing import chunk_at_time, chunk_start_frame, chunks_for_frames
     first, later = 9, 12  # Wan: chunk k >= 1 starts at 9 + 12 (k - 1)
     starts = [chunk_start_frame(k, first, later) for k in range(6)]
     assert starts == [0, 9, 21, 33, 45, 57]
@@ -277,7 +267,7 @@ def test_partial_model_arguments_and_bad_sizes_are_usage_errors(files, tmp_path,
 def test_embedded_toy_manifest_uses_the_toy_text_encoder_and_pixel_decoder(tmp_path, monkeypatch, capsys):
     """The format the trained toy model will ship in: manifest.json + a DiT on 12-channel pixel latents."""
     import json
-    from sf_core import assets
+    from sf_core.generate import files as model_files
     folder = tmp_path / "default"
     cfg = ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=12, out_dim=12, text_dim=64,
                       freq_dim=32, text_len=24)
@@ -287,7 +277,7 @@ def test_embedded_toy_manifest_uses_the_toy_text_encoder_and_pixel_decoder(tmp_p
         "checkpoint": "model.safetensors", "text_encoder": {"kind": "toy", "text_dim": 64, "max_len": 24},
         "decoder": {"kind": "toy_pixels"}, "width": 16, "height": 24, "fps": 8, "chunks": 3,
         "prompt": "a red circle moves left on a navy background", "description": "toy test model"}))
-    monkeypatch.setattr(assets, "DEFAULT_ASSETS", folder)
+    monkeypatch.setattr(model_files, "DEFAULT_ASSETS", folder)
     assert generate.main(["--out", str(tmp_path / "toy.mp4")]) == 0
     frames, fps = read_video(tmp_path / "toy.mp4")
     assert frames.shape == (6, 24, 16, 3) and fps == pytest.approx(8)  # 3 chunks × 2 latent frames, 1:1

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sf_core.recording import VideoRecorder, channels_last, pick_codec, read_video, to_uint8_frames
+from sf_core.media.recording import VideoRecorder, channels_last, pick_codec, read_video, to_uint8_frames
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +70,7 @@ def test_killed_writer_leaves_every_written_chunk(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {ROOT!r})
         import numpy as np
-        from sf_core.recording import VideoRecorder
+        from sf_core.media.recording import VideoRecorder
         rec = VideoRecorder({str(tmp_path / 'k.mp4')!r}, fps=16)
         for n in (9, 12, 12):
             rec.write(np.full((n, 32, 32, 3), 100, np.uint8))

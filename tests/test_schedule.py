@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sf_core.schedule import (ScheduleError, chunk_at_time, chunk_frame_counts, chunk_start_frame, chunks_for_frames,
+from sf_core.media.timing import (ScheduleError, chunk_at_time, chunk_frame_counts, chunk_start_frame, chunks_for_frames,
                               frames_in_chunk,
                               parse_schedule, schedule_switches)
 

@@ -4,16 +4,16 @@ fast RoPE and fp8 weights."""
 import pytest
 import torch
 
-from sf_core.accel import FastForward
+from sf_core.speed.graphs import FastForward
 from sf_core.attention import attention, resolve_backend
 from sf_core.cache import KVCache
 from sf_core.config import StreamConfig
-from sf_core.fp8 import Fp8Linear, block_linears, fp8_quantize, simulate_fp8_weights_, to_fp8_linears_
+from sf_core.speed.fp8 import Fp8Linear, block_linears, fp8_quantize, simulate_fp8_weights_, to_fp8_linears_
 from sf_core.model import CausalWanModel
-from sf_core.overlap import decode_overlapped, decode_sequential
+from sf_core.speed.overlap import decode_overlapped, decode_sequential
 from sf_core.pipeline import StreamingPipeline
 from sf_core.rope import apply_rope, fast_freqs, apply_rope_fast, grid_freqs
-from sf_core.taehv import TAEHV, StreamingTAEHVDecoder
+from sf_core.vae.taehv import TAEHV, StreamingTAEHVDecoder
 
 from conftest import TINY, randomize
 

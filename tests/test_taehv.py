@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sf_core.decoding import load_chunk_decoder
-from sf_core.taehv import TAEHV, StreamingTAEHVDecoder, load_taehv
-from sf_core.vae import StreamingDecoder, VAEConfig, WanVAE
-from sf_core.weightfile import WeightsError
+from sf_core.vae.decoders import load_chunk_decoder
+from sf_core.vae.taehv import TAEHV, StreamingTAEHVDecoder, load_taehv
+from sf_core.vae.wan import StreamingDecoder, VAEConfig, WanVAE
+from sf_core.weights.files import WeightsError
 
 WIDTHS = (16, 8, 8, 8)
 

@@ -11,11 +11,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sf_core.text import (TextEncoder, TextEncoderError, comfy_to_official_key, official_to_comfy_key,
+from sf_core.text.encoder import (TextEncoder, TextEncoderError, comfy_to_official_key, official_to_comfy_key,
                           read_umt5_file)
-from sf_core.tiny_assets import TINY_UMT5, make_tiny_umt5, tiny_spiece_model, tiny_umt5_state_dict
-from sf_core.tokenizer import TokenizerError, UMT5Tokenizer, clean_whitespace
-from sf_core.umt5 import UMT5_XXL, UMT5Encoder, relative_position_bucket
+from sf_core.testing.tiny import TINY_UMT5, make_tiny_umt5, tiny_spiece_model, tiny_umt5_state_dict
+from sf_core.text.tokenizer import TokenizerError, UMT5Tokenizer, clean_whitespace
+from sf_core.text.umt5 import UMT5_XXL, UMT5Encoder, relative_position_bucket
 
 PROMPTS = ["A cat sleeps on a warm windowsill while rain taps the glass.", "", "Fireworks burst over a river!"]
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sf_core.vae import (LATENT_MEAN, LATENT_STD, StreamingDecoder, StreamingEncoder, VAEConfig, WanVAE,
+from sf_core.vae.wan import (LATENT_MEAN, LATENT_STD, StreamingDecoder, StreamingEncoder, VAEConfig, WanVAE,
                          comfy_to_pipeline, denormalize, load_vae, normalize, pipeline_to_comfy)
-from sf_core.weightfile import WeightsError
+from sf_core.weights.files import WeightsError
 
 # Literal statistics from reference/formats.md §2 (kept separate from the module's copy on purpose).
 REF_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model, save_safetensors
+from sf_core.weights.checkpoint import load_model, save_safetensors
 from ..config import ModelConfig, StreamConfig
 from ..model import CausalWanModel
 from ..noise import SeededNoise

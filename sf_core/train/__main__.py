@@ -47,7 +47,7 @@ def _export(cfg, checkpoint, out) -> int:
     from sf_core.config import ConfigError, infer_config
 
     from .checkpointing import export_from_checkpoint, latest_checkpoint
-    from .models import DTYPES
+    from sf_core.config import DTYPES
     path = Path(checkpoint) if checkpoint else latest_checkpoint(Path(cfg.run.output_dir) / "checkpoints")
     if path is None:
         print(f"no checkpoint found under {cfg.run.output_dir}/checkpoints", file=sys.stderr)

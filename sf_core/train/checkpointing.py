@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
-from sf_core.checkpoint import save_safetensors, write_safetensors_atomic
+from sf_core.weights.checkpoint import save_safetensors, write_safetensors_atomic
 from sf_core.config import ModelConfig, StreamConfig
 
 from .distributed import DistContext

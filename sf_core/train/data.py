@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from sf_core.checkpoint import write_safetensors_atomic
+from sf_core.weights.checkpoint import write_safetensors_atomic
 
 
 class DataError(ValueError):
@@ -42,7 +42,7 @@ def read_prompts(path: str | Path) -> list[str]:
 class EmbeddingCache:
     """Prompt -> `[text_len, D]` embedding, computed once by `encoder` and kept as safetensors on disk.
 
-    `encoder` is any object with `encode(list[str]) -> [B, L, D]` (e.g. `sf_core.text.TextEncoder`); it
+    `encoder` is any object with `encode(list[str]) -> [B, L, D]` (e.g. `sf_core.text.encoder.TextEncoder`); it
     may be None when every needed prompt is already cached: the cache then uses the encoder id recorded
     in `<folder>/encoder_id` by the run that filled it.
     """

@@ -27,7 +27,8 @@ from .distributed import (DistContext, average_gradients, init_distributed, prep
 from .ema import EMA
 from .lora import inject_lora
 from .metrics import MetricsLogger
-from .models import DTYPES, build_models
+from sf_core.config import DTYPES
+from .models import build_models
 from .samples import render_samples
 
 SCORE_OBJECTIVES = ("dmd", "sid", "gan")
@@ -242,7 +243,7 @@ class Trainer:
 
 def tiny_text_encoder(out: Path, ctx: DistContext) -> Path:
     """`data.text_encoder: tiny:umt5` — a tiny random umT5 (tests, smoke runs), written once by rank 0."""
-    from sf_core.tiny_assets import make_tiny_umt5
+    from sf_core.testing.tiny import make_tiny_umt5
     path = Path(out) / "tiny_umt5.safetensors"
     if ctx.is_main and not path.is_file():
         tmp = make_tiny_umt5(Path(out) / f".tiny_umt5.{os.getpid()}.safetensors")
@@ -259,7 +260,7 @@ def embedding_cache(cfg: TrainConfig, ctx: DistContext, text_len: int) -> Embedd
     if weights and weights.startswith(TINY_PREFIX):
         weights = tiny_text_encoder(Path(cfg.run.output_dir), ctx)
     if weights:
-        from sf_core.text import TextEncoder
+        from sf_core.text.encoder import TextEncoder
         dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
         encoder = TextEncoder.load(weights, d.tokenizer, dtype=dtype, device=ctx.device, seq_len=text_len,
                                    offload=d.text_encoder_offload)

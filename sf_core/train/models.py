@@ -1,4 +1,4 @@
-"""Building the generator, teacher and critic from checkpoints (any layout `sf_core.checkpoint` reads,
+"""Building the generator, teacher and critic from checkpoints (any layout `sf_core.weights.checkpoint` reads,
 official `.pt` included) or from a random initialisation (tests, tiny runs)."""
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import copy
 
 import torch
 
-from sf_core.checkpoint import check_state_dict, load_state_dict, model_config_from
-from sf_core.config import ModelConfig
+from sf_core.weights.checkpoint import check_state_dict, load_state_dict, model_config_from
+from sf_core.config import DTYPES, ModelConfig
 from sf_core.model import CausalWanModel
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_weights(path: str, attention: str = "auto") -> CausalWanModel:

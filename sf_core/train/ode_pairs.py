@@ -18,7 +18,7 @@ import json
 import torch
 from safetensors import safe_open
 
-from ..checkpoint import write_safetensors_atomic
+from sf_core.weights.checkpoint import write_safetensors_atomic
 from ..noise import SeededNoise
 
 FORMAT_KEY = "sf_ode"
@@ -117,7 +117,7 @@ def load_ode_pairs(path: str) -> tuple[dict[str, torch.Tensor], dict]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m sf_core.train.ode_pairs",
                                 description="Generate ODE pairs from a bidirectional Wan2.1 teacher.")
-    p.add_argument("--teacher", required=True, help="teacher checkpoint (any layout sf_core.checkpoint reads)")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (any layout sf_core.weights.checkpoint reads)")
     p.add_argument("--contexts", required=True,
                    help="safetensors with 'context' [N, L, D], optional 'negative_context' [L, D], "
                         "optional metadata 'prompts' (JSON list)")
@@ -133,7 +133,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = p.parse_args(argv)
-    from ..checkpoint import load_model
+    from sf_core.weights.checkpoint import load_model
     teacher, _ = load_model(args.teacher, dtype=getattr(torch, args.dtype), device=args.device)
     teacher.eval().requires_grad_(False)
     with safe_open(args.contexts, framework="pt") as f:

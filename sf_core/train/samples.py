@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from sf_core.checkpoint import write_safetensors_atomic
+from sf_core.weights.checkpoint import write_safetensors_atomic
 from sf_core.config import StreamConfig
 from sf_core.pipeline import StreamingPipeline
 
@@ -32,7 +32,7 @@ def render_samples(generator, stream_config: StreamConfig, context: torch.Tensor
     write_safetensors_atomic({"latents": latents.float().cpu()}, folder / "latents.safetensors",
                              {"prompts": json.dumps(prompts), "seed": str(seed)})
     if decode_fn is not None:
-        from sf_core.recording import VideoRecorder, channels_last
+        from sf_core.media.recording import VideoRecorder, channels_last
         frames = decode_fn(latents)  # [B, T, 3, H, W]
         for i, clip in enumerate(frames):
             with VideoRecorder(folder / f"sample_{i}.mp4", fps) as rec:

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from e2e.test_browser import browser_ready, node_script  # noqa: F401 - fixture
-from sf_core.assets import default_model
+from sf_core.generate.files import default_model
 
 pytestmark = pytest.mark.e2e
 
@@ -29,12 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = json.loads((REPO / "workflows" / "api" / "toy_demo.json").read_text())
 SAMPLER = next(i for i, n in DEMO.items() if n["class_type"] == "SFStreamSampler")
 SCHEDULE = next(i for i, n in DEMO.items() if n["class_type"] == "SFPromptSchedule")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def trained_toy_model():
-    if default_model().decoder_kind != "toy_pixels":
-        pytest.skip("sf_core/toy/assets/default holds no trained toy model (the demo needs its toy prompts)")
 
 
 def _checkpoint_chunk_frames() -> int:

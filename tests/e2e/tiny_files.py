@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sf_core.checkpoint import save_safetensors
+from sf_core.weights.checkpoint import save_safetensors
 from sf_core.config import ModelConfig, StreamConfig
 from sf_core.model import CausalWanModel
-from sf_core.taehv import TAEHV
-from sf_core.tiny_assets import TINY_UMT5, make_tiny_umt5
-from sf_core.vae import VAEConfig, WanVAE
+from sf_core.vae.taehv import TAEHV
+from sf_core.testing.tiny import TINY_UMT5, make_tiny_umt5
+from sf_core.vae.wan import VAEConfig, WanVAE
 
 DIT_NAME = "self_forcing_dmd.pt"
 DIT_SAFETENSORS = "self_forcing_dmd.safetensors"

@@ -5,8 +5,8 @@ import torch
 from nodes.embedded import SFEmbeddedDefaultModel
 from nodes.handles import SFVAE
 from nodes.loaders import SFTextEncode
-from sf_core.assets import default_model
-from sf_core.bundle import load_bundle
+from sf_core.generate.files import default_model
+from sf_core.generate.bundle import load_bundle
 from sf_core.model import CausalWanModel
 
 
@@ -30,8 +30,6 @@ def test_loader_gives_the_bundle_of_the_embedded_model(loaded):
 
 def test_toy_decoder_facts_reach_the_nodes(loaded):
     model, text_encoder, vae, _ = loaded
-    if default_model().decoder_kind != "toy_pixels":
-        pytest.skip("no trained toy model in sf_core/toy/assets/default (untrained Wan-layout stand-in)")
     assert vae.spatial_stride == 2 and vae.frame_counts(3) == (3, 3)
     latents = torch.rand(1, 2, 12, 4, 5)                      # [B, F, C, h, w]
     assert torch.equal(vae.to_comfy_latent(latents), latents.permute(0, 2, 1, 3, 4))
@@ -47,8 +45,6 @@ def test_model_and_vae_of_different_worlds_are_refused(loaded):
     from sf_core.config import ModelConfig
 
     _, _, vae, _ = loaded
-    if default_model().decoder_kind != "toy_pixels":
-        pytest.skip("no trained toy model in sf_core/toy/assets/default")
     wan_like = CausalWanModel(ModelConfig(dim=32, ffn_dim=64, num_heads=1, num_layers=1, in_dim=16, out_dim=16,
                                           text_dim=8, freq_dim=16, text_len=4))
     with pytest.raises(ValueError, match="decodes 12-channel latents but the model makes 16-channel"):

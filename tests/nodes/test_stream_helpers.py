@@ -5,10 +5,10 @@ import torch
 from nodes.handles import SFContext, SFVAE, fit_context
 from nodes.loaders import SFConditioningToContext
 from nodes.stream import stream_config_for
-from sf_core.bundle import PixelDecoder
+from sf_core.toy.pixels import PixelDecoder
 from sf_core.config import StreamConfig
 from sf_core.pipeline import StreamingPipeline
-from sf_core.schedule import chunk_frame_counts
+from sf_core.media.timing import chunk_frame_counts
 
 
 def test_fit_context_truncates_and_zero_pads_to_512():

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from sf_core.assets import DEFAULT_ASSETS, MANIFEST, from_manifest
-from sf_core.checkpoint import load_model
+from sf_core.generate.files import DEFAULT_ASSETS, from_manifest
+from sf_core.weights.checkpoint import load_model
 from sf_core.config import ModelConfig
 from sf_core.model import CausalWanModel
 from sf_core.noise import SeededNoise
@@ -110,14 +110,13 @@ def test_smoke_reproduction_runs_end_to_end(tmp_path):
 
 
 def _frame_error(model, stream, prompts, frames, height, width):
-    text = ToyTextEncoder(**from_manifest(DEFAULT_ASSETS).toy_text)
+    text = ToyTextEncoder(**from_manifest(DEFAULT_ASSETS).text_options)
     pipe = StreamingPipeline(model, stream)
     state = pipe.start(text(prompts), height // 2 * 8, width // 2 * 8, noise=SeededNoise(7), max_frames=frames)
     latents = torch.cat([c.latents for c in pipe.stream(state, frames // stream.chunk_frames)], 1)
     return evaluate_latents(latents, prompts).clip["frame_error"]
 
 
-@pytest.mark.skipif(not (DEFAULT_ASSETS / MANIFEST).is_file(), reason="no embedded default model shipped")
 def test_shipped_default_beats_an_untrained_model():
     files = from_manifest(DEFAULT_ASSETS)
     model, stream = load_model(files.checkpoint)
@@ -133,10 +132,9 @@ def test_shipped_default_beats_an_untrained_model():
     assert trained.mean() < 0.7 * untrained.mean(), (trained, untrained)
 
 
-@pytest.mark.skipif(not (DEFAULT_ASSETS / MANIFEST).is_file(), reason="no embedded default model shipped")
 def test_generate_without_model_arguments_streams_the_shipped_toy_model(tmp_path, capsys):
-    from sf_core import generate
-    from sf_core.recording import read_video
+    from sf_core.generate import cli as generate
+    from sf_core.media.recording import read_video
     files = from_manifest(DEFAULT_ASSETS)
     _, stream = load_model(files.checkpoint)
     assert generate.main(["--chunks", "2", "--out", str(tmp_path / "d.mp4")]) == 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from sf_core.checkpoint import write_safetensors_atomic
+from sf_core.weights.checkpoint import write_safetensors_atomic
 from sf_core.train.checkpointing import (ResumeError, flatten_optimizer_state, latest_checkpoint, load_checkpoint,
                                          read_tensors, restore_rng, rng_state, save_checkpoint,
                                          unflatten_optimizer_state)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sf_core.checkpoint import load_model
+from sf_core.weights.checkpoint import load_model
 from sf_core.pipeline import StreamingPipeline
 from sf_core.train.config import load_config
 from sf_core.train.lora import merge_lora_state_dict

@@ -105,7 +105,7 @@ def test_ode_regression_from_generated_pairs_learns(tmp_path):
 
 def test_command_line_writes_pairs_from_a_teacher_file(tmp_path):
     from safetensors.torch import save_file
-    from sf_core.checkpoint import save_safetensors
+    from sf_core.weights.checkpoint import save_safetensors
     from sf_core.noise import SeededNoise
     from sf_core.train.ode_pairs import main
     teacher = randomize(CausalWanModel(TINY, attention="sdpa"), 1)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sf_core.weightfile import WeightsError, check_state_dict, read_state_dict
+from sf_core.weights.files import WeightsError, check_state_dict, read_state_dict
 
 FRAMES_TO_TRIM = 3  # 2**2 - 1 leading frames of the two ×2 temporal upsamplers
 
@@ -192,6 +192,7 @@ class StreamingTAEHVDecoder:
     """
 
     CONTEXT_LATENTS = 3
+    spatial_stride, temporal_stride = 8, 4
 
     def __init__(self, model: TAEHV, mode: str = "memory"):
         if mode not in ("memory", "overlap"):

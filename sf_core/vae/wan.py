@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sf_core.weightfile import WeightsError, check_state_dict, read_state_dict
+from sf_core.weights.files import WeightsError, check_state_dict, read_state_dict
 
 CACHE_FRAMES = 2
 
@@ -375,7 +375,7 @@ def infer_vae_config(sd: dict, source: str = "state dict") -> VAEConfig:
     """Read `dim` and `z_dim` off Wan2.1 VAE key shapes; reject other autoencoders with a clear message."""
     if "decoder.22.bias" in sd:
         raise WeightsError(f"{source}: this is a TAEHV tiny autoencoder (key 'decoder.22.bias'); "
-                           "load it with sf_core.taehv.load_taehv")
+                           "load it with sf_core.vae.taehv.load_taehv")
     if "decoder.upsamples.0.upsamples.0.residual.2.weight" in sd:
         raise WeightsError(f"{source}: this is a Wan2.2 (48-channel) VAE; only the Wan2.1 VAE "
                            "(Wan2.1_VAE.pth / wan_2.1_vae.safetensors) is supported")
@@ -454,6 +454,7 @@ class StreamingDecoder(_CachedCoder):
     """
 
     part = "decoder"
+    spatial_stride, temporal_stride = 8, 4
 
     @torch.no_grad()
     def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .cache import KVCache
-from .model import CausalWanModel, rope_freqs
+from sf_core.cache import KVCache
+from sf_core.model import CausalWanModel, rope_freqs
 
 
 @dataclass

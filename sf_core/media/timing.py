@@ -1,7 +1,8 @@
 """Stream timing (pixel frames ↔ chunks ↔ seconds) and prompt schedules with switch points.
 
-Pixel frames per chunk of `n` latent frames: the very first chunk of a stream decodes to `4n − 3` frames
-(the VAE's first latent gives one frame), every later chunk to `4n`.
+Pixel frames per chunk of `n` latent frames, for a decoder of temporal stride `s` (4 for the Wan VAE and
+TAEHV, 1 for the toy pixels): the very first chunk of a stream decodes to `1 + s(n − 1)` frames (the first
+latent gives one frame), every later chunk to `s·n` — with the Wan VAE 4n − 3, then 4n.
 
 A schedule is text, one switch per line:
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .pipeline import PromptSwitch
+from sf_core.pipeline import PromptSwitch
 
 _LINE = re.compile(r"^\s*(?:(?P<sec>\d+(?:\.\d+)?)\s*s|(?:chunk\s*)?(?P<chunk>\d+))\s*:\s*(?P<prompt>.*?)\s*$",
                    re.IGNORECASE)
@@ -34,17 +35,22 @@ class ScheduleError(ValueError):
 # Timing
 
 
-def chunk_frame_counts(chunk_frames: int) -> tuple[int, int]:
-    """Video frames from a stream's first chunk and from each later chunk with the Wan VAE (4·n − 3, 4·n).
+def chunk_frame_counts(chunk_frames: int, temporal_stride: int = 4) -> tuple[int, int]:
+    """Video frames from a stream's first chunk and from each later chunk: (1 + s(n − 1), s·n).
 
-    The timing functions below take these two counts, so other decoders (e.g. the toy pixels: n, n) work too.
+    The one place this rule lives; the timing functions below take the two counts it returns.
     """
-    return 4 * chunk_frames - 3, 4 * chunk_frames
+    return 1 + temporal_stride * (chunk_frames - 1), temporal_stride * chunk_frames
 
 
-def frames_in_chunk(chunk_index: int, chunk_frames: int) -> int:
-    """Pixel frames chunk `chunk_index` decodes to with the Wan VAE (the first chunk has 3 fewer)."""
-    first, later = chunk_frame_counts(chunk_frames)
+def decoder_frame_counts(decoder, chunk_frames: int) -> tuple[int, int]:
+    """`chunk_frame_counts` for a decoder (or decoder class) with a `temporal_stride` attribute (default 4)."""
+    return chunk_frame_counts(chunk_frames, getattr(decoder, "temporal_stride", 4))
+
+
+def frames_in_chunk(chunk_index: int, chunk_frames: int, temporal_stride: int = 4) -> int:
+    """Pixel frames chunk `chunk_index` decodes to (with the Wan VAE the first chunk has 3 fewer)."""
+    first, later = chunk_frame_counts(chunk_frames, temporal_stride)
     return first if chunk_index == 0 else later
 
 

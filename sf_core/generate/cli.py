@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from . import assets
-from .assets import ModelFiles
-from .bundle import FileProblem, load_bundle, problem, spatial_stride
-from .config import StreamConfig
-from .pipeline import PromptSwitch, StreamingPipeline
-from .recording import VideoRecorder, channels_last
-from .schedule import chunk_at_time, chunks_for_frames
-from .state import StateError, StreamState
+from sf_core.generate import files as model_files
+from sf_core.generate.files import ModelFiles
+from sf_core.generate.bundle import FileProblem, decoder_class, load_bundle, problem
+from sf_core.config import DTYPES, LONG_DTYPE_NAMES, ModelConfig, StreamConfig
+from sf_core.pipeline import PromptSwitch, StreamingPipeline
+from sf_core.media.recording import VideoRecorder, channels_last
+from sf_core.media.timing import chunk_at_time, chunks_for_frames, decoder_frame_counts
+from sf_core.state import StateError, StreamState
 
 EXAMPLES = """\
 examples:
@@ -53,7 +53,6 @@ Missing or wrong files end with one line naming the file and exit code 2. ComfyU
 models/diffusion_models, umT5 in models/text_encoders, the VAE in models/vae, TAEHV in models/vae_approx.
 """
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OFFICIAL_CHUNKS = 7  # 21 latent frames, the official clip length (81 frames)
 UNTIL_STOPPED_WINDOW = 21
 
@@ -120,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+    g.add_argument("--dtype", choices=("auto", *LONG_DTYPE_NAMES), default="auto",
                    help="weights and activations (default: bfloat16 on CUDA, float32 on CPU)")
     g.add_argument("--save-state", type=Path, help="save the stream state at the end (continue with --resume-state)")
     g.add_argument("--resume-state", type=Path, help="continue a stream saved with --save-state (same model files)")
@@ -156,7 +155,7 @@ class Plan:
         rows = [
             ("model", self.files.description or "user files"),
             ("checkpoint", self.files.checkpoint),
-            ("text encoder", self.files.text_encoder or f"{self.files.text_kind} {self.files.toy_text}"),
+            ("text encoder", self.files.text_encoder or f"{self.files.text_kind} {self.files.text_options}"),
             ("decoder", f"{self.files.decoder_kind}: {self.files.decoder or 'built in'}"),
             ("prompt", self.prompt),
             *((f"prompt at chunk {k}", f"{p!r}" + (" (recache)" if r else "")) for k, (p, r) in sorted(self.switches.items())),
@@ -214,45 +213,40 @@ def resolve_files(args) -> ModelFiles:
     if args.decoder == "vae" and args.taehv is not None:
         raise UsageError("--decoder vae and --taehv contradict each other")
     if not any(given.values()) and args.models_dir is None and not args.download:
-        files = assets.default_model()
         if tiny:
             raise UsageError("the embedded default model has its own decoder; --decoder tiny needs real files")
-        return files
+        try:
+            return model_files.default_model()
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
     models_dir = args.models_dir or Path("models")
     needed = ["checkpoint", "text_encoder", "taehv" if tiny else "vae"]
     for role in needed:
         if given[role] is None:
-            given[role] = assets.find_in_models_dir(models_dir, role)
+            given[role] = model_files.find_in_models_dir(models_dir, role)
         if given[role] is None and args.download:
-            given[role] = assets.download_official(models_dir, role)
+            given[role] = model_files.download_official(models_dir, role)
     missing = [r for r in needed if given[r] is None]
     if missing:
-        names = "; ".join(f"--{r.replace('_', '-')} (e.g. {models_dir}/{assets.OFFICIAL_FILES[r][0]}/"
-                          f"{assets.OFFICIAL_FILES[r][1][0]})" for r in missing)
+        names = "; ".join(f"--{r.replace('_', '-')} (e.g. {models_dir}/{model_files.OFFICIAL_FILES[r][0]}/"
+                          f"{model_files.OFFICIAL_FILES[r][1][0]})" for r in missing)
         raise UsageError(f"missing model file(s): {names}; give them, point --models-dir at a ComfyUI models "
                          "folder holding them, add --download, or give no model option for the embedded model")
     return ModelFiles(checkpoint=given["checkpoint"], text_encoder=given["text_encoder"],
-                      decoder=given["taehv"] if tiny else given["vae"], decoder_kind="taehv" if tiny else "vae",
-                      defaults={"width": 832, "height": 480, "fps": 16, "chunks": OFFICIAL_CHUNKS})
+                      decoder=given["taehv"] if tiny else given["vae"], decoder_kind="taehv" if tiny else "vae")
 
 
-def resolve(args) -> Plan:
-    """All options resolved against the model's defaults; loads nothing large."""
-    files = resolve_files(args)
-    d, notes = files.defaults, []
-    if args.prompt_file is not None:
-        try:
-            prompt = args.prompt_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(f"--prompt-file {args.prompt_file}: cannot read it ({exc.strerror})") from None
-    else:
-        prompt = args.prompt if args.prompt is not None else d.get("prompt", "")
-    toy = files.decoder_kind == "toy_pixels"
-    first_per_latent = (lambda f: f) if toy else (lambda f: 1 + 4 * (f - 1))
-    later_per_latent = (lambda f: f) if toy else (lambda f: 4 * f)
+def resolve_prompt(args, defaults: dict) -> str:
+    if args.prompt_file is None:
+        return args.prompt if args.prompt is not None else defaults.get("prompt", "")
+    try:
+        return args.prompt_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"--prompt-file {args.prompt_file}: cannot read it ({exc.strerror})") from None
 
-    if args.resume_state is not None:
-        check_file_state(args.resume_state)
+
+def resolve_stream(args, files: ModelFiles, notes: list[str]) -> tuple[StreamConfig, str]:
+    """The checkpoint's stored stream settings (else the official ones) with the command line on top."""
     stored = _stored_stream_config(files.checkpoint) if files.checkpoint.is_file() else None
     stream, source = (stored, "checkpoint metadata") if stored else (StreamConfig(), "official defaults")
     overrides = {k: v for k, v in (("chunk_frames", args.chunk_frames), ("shift", args.shift),
@@ -266,53 +260,81 @@ def resolve(args) -> Plan:
         notes.append(f"--until-stopped needs a rolling cache: using --window {UNTIL_STOPPED_WINDOW}")
     if stream.chunk_frames < 1:
         raise UsageError(f"--chunk-frames must be at least 1, got {stream.chunk_frames}")
+    return stream, source
 
-    fps = args.fps or d.get("fps", 16)
-    if fps <= 0:
-        raise UsageError(f"--fps must be positive, got {fps}")
-    first, later = first_per_latent(stream.chunk_frames), later_per_latent(stream.chunk_frames)
-    frame_limit = None
+
+def resolve_length(args, defaults: dict, fps: float, counts: tuple[int, int]) -> tuple[int | None, int | None]:
+    """(chunks or None until stopped, frame limit or None when the chunks fit exactly)."""
     if args.until_stopped:
-        chunks = None
-    elif args.chunks is not None:
-        chunks = args.chunks
+        return None, None
+    if args.chunks is not None:
+        chunks, frame_limit = args.chunks, None
     elif args.frames is not None or args.seconds is not None:
         frame_limit = args.frames if args.frames is not None else math.ceil(args.seconds * fps - 1e-9)
         if frame_limit < 1:
             raise UsageError("the requested length is less than one frame")
-        chunks = chunks_for_frames(frame_limit, first, later)
-        if frame_limit == first + (chunks - 1) * later:
+        chunks = chunks_for_frames(frame_limit, *counts)
+        if frame_limit == counts[0] + (chunks - 1) * counts[1]:
             frame_limit = None
     else:
-        chunks = d.get("chunks", OFFICIAL_CHUNKS)
-    if chunks is not None and chunks < 1:
+        chunks, frame_limit = defaults.get("chunks", OFFICIAL_CHUNKS), None
+    if chunks < 1:
         raise UsageError(f"--chunks must be at least 1, got {chunks}")
+    return chunks, frame_limit
 
+
+def resolve_switches(args, fps: float, counts: tuple[int, int], chunks: int | None,
+                     notes: list[str]) -> dict[int, tuple[str, bool]]:
     switches = {}
     for when, text in args.prompt_at:
         unit, value = parse_when(when)
-        k = int(value) if unit == "c" else chunk_at_time(value, fps, first, later)
+        k = int(value) if unit == "c" else chunk_at_time(value, fps, *counts)
         if chunks is not None and k >= chunks:
             notes.append(f"--prompt-at {when} falls at chunk {k}, after the last chunk ({chunks - 1}): ignored")
             continue
         switches[k] = (text, args.recache)
-    if 0 in switches and args.resume_state is None:
-        prompt = switches.pop(0)[0]
+    return switches
 
-    width, height = args.width or d.get("width", 832), args.height or d.get("height", 480)
-    multiple = 4 if toy else 16
+
+def resolve_size(args, defaults: dict, multiple: int) -> tuple[int, int]:
+    width, height = args.width or defaults.get("width", 832), args.height or defaults.get("height", 480)
     if width <= 0 or height <= 0 or width % multiple or height % multiple:
         raise UsageError(f"--width/--height must be positive multiples of {multiple}, got {width}x{height}; "
                          f"nearest: {max(multiple, round(width / multiple) * multiple)}x"
                          f"{max(multiple, round(height / multiple) * multiple)}")
+    return width, height
 
+
+def resolve_device(args) -> tuple[str, torch.dtype]:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.dtype == "auto":
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    else:
-        dtype = DTYPES[args.dtype]
-    return Plan(files, prompt, args.prompt is not None or args.prompt_file is not None, args.recache, switches, width, height, fps, chunks, frame_limit, stream, source, args.seed,
-                device, dtype, args.out, args.png_dir, args.save_state, args.resume_state, notes)
+        return device, torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return device, DTYPES[args.dtype]
+
+
+def resolve(args) -> Plan:
+    """All options resolved against the model's defaults; loads nothing large."""
+    files = resolve_files(args)
+    defaults, notes = files.defaults, []
+    prompt = resolve_prompt(args, defaults)
+    if args.resume_state is not None:
+        check_file_state(args.resume_state)
+    stream, source = resolve_stream(args, files, notes)
+    fps = args.fps or defaults.get("fps", 16)
+    if fps <= 0:
+        raise UsageError(f"--fps must be positive, got {fps}")
+    decoder = decoder_class(files)
+    counts = decoder_frame_counts(decoder, stream.chunk_frames)
+    chunks, frame_limit = resolve_length(args, defaults, fps, counts)
+    switches = resolve_switches(args, fps, counts, chunks, notes)
+    if 0 in switches and args.resume_state is None:
+        prompt = switches.pop(0)[0]
+    # every Wan DiT patches 2×2 pixels of latent; the pipeline checks the loaded model's patch again
+    width, height = resolve_size(args, defaults, decoder.spatial_stride * ModelConfig().patch_size[1])
+    device, dtype = resolve_device(args)
+    return Plan(files, prompt, args.prompt is not None or args.prompt_file is not None, args.recache, switches,
+                width, height, fps, chunks, frame_limit, stream, source, args.seed, device, dtype, args.out,
+                args.png_dir, args.save_state, args.resume_state, notes)
 
 
 def check_file_state(path: Path) -> None:
@@ -394,7 +416,7 @@ def run(plan: Plan) -> int:
     bundle.encode = None  # the text encoder is no longer needed: free it
 
     pipe = StreamingPipeline(model, plan.stream, device=plan.device, dtype=plan.dtype)
-    stride = spatial_stride(decoder)
+    stride = decoder.spatial_stride
     h, w = plan.height // stride, plan.width // stride
     if plan.resume_state is not None:
         state = _resume(plan, pipe, decoder, contexts)
@@ -478,6 +500,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

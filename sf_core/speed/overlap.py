@@ -16,8 +16,8 @@ from typing import Iterator
 
 import torch
 
-from .pipeline import Chunk, StreamingPipeline
-from .state import StreamState
+from sf_core.pipeline import Chunk, StreamingPipeline
+from sf_core.state import StreamState
 
 _DONE = object()
 

@@ -9,9 +9,9 @@ import sentencepiece
 import torch
 from safetensors.torch import save_file
 
-from .text import SCALED_FP8_KEY, SPIECE_KEY, official_to_comfy_key
-from .tokenizer import HF_TOKENIZER_SUBDIR, SPIECE_FILE
-from .umt5 import UMT5Config, UMT5Encoder
+from sf_core.text.encoder import SCALED_FP8_KEY, SPIECE_KEY, official_to_comfy_key
+from sf_core.text.tokenizer import HF_TOKENIZER_SUBDIR, SPIECE_FILE
+from sf_core.text.umt5 import UMT5Config, UMT5Encoder
 
 TINY_UMT5 = UMT5Config(vocab_size=160, dim=32, num_layers=2, num_heads=4, head_dim=8, ffn_dim=48)
 

@@ -1,6 +1,6 @@
 """Convert a Wan2.1 / Self Forcing DiT checkpoint between layouts.
 
-    python -m sf_core.convert self_forcing_dmd.pt self_forcing_dmd.safetensors --dtype bf16
+    python -m sf_core.weights.convert self_forcing_dmd.pt self_forcing_dmd.safetensors --dtype bf16
 """
 from __future__ import annotations
 
@@ -8,20 +8,16 @@ import argparse
 import dataclasses
 import sys
 
-import torch
-
-from sf_core.checkpoint import (CheckpointError, check_state_dict, dominant_dtype, load_state_dict,
+from sf_core.weights.checkpoint import (CheckpointError, check_state_dict, dominant_dtype, load_state_dict,
                                 model_config_from, save_comfy_native_ar, save_diffusers, save_safetensors)
-from sf_core.config import ConfigError, StreamConfig
+from sf_core.config import DTYPES, SHORT_DTYPE_NAMES, ConfigError, StreamConfig, short_dtype_name
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 WRITERS = {"sf": save_safetensors, "comfy-ar": save_comfy_native_ar, "diffusers": save_diffusers}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m sf_core.convert",
+        prog="python -m sf_core.weights.convert",
         description=(
             "Convert a Wan2.1 DiT checkpoint (official Self-Forcing .pt, Wan safetensors single or sharded, "
             "ComfyUI full or diffusion-model file, ComfyUI scaled fp8, diffusers WanTransformer3DModel, "
@@ -38,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="checkpoint file, shard index JSON, or model folder")
     p.add_argument("output", help="output .safetensors file (a folder for --format diffusers)")
     p.add_argument("--format", choices=sorted(WRITERS), default="sf", help="output layout (default: sf)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    p.add_argument("--dtype", choices=sorted(SHORT_DTYPE_NAMES), default=None,
                    help="output dtype (default: the input's dominant dtype; fp8 inputs are dequantised)")
     s = p.add_argument_group("stream settings (stored as sf_stream metadata)")
     s.add_argument("--chunk-frames", type=int, help="latent frames per chunk (3 chunk-wise, 1 frame-wise)")
@@ -96,7 +92,7 @@ def convert(args) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(stream).items() if k != "extra")
     marker = " + config.transformer.causal_ar" if args.format == "comfy-ar" else ""
     return (f"wrote {written} ({args.format}): {len(sd)} tensors, {params:,} params, "
-            f"{DTYPE_NAMES.get(dtype, str(dtype))}, from {meta['sf_source_layout']}; "
+            f"{short_dtype_name(dtype) if dtype in DTYPES.values() else dtype}, from {meta['sf_source_layout']}; "
             f"metadata sf_model (dim {model_cfg.dim}, {model_cfg.num_layers} layers){marker}, "
             f"sf_stream ({settings})")
 

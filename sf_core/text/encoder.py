@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .tokenizer import TokenizerError, UMT5Tokenizer, find_spiece_model
-from .umt5 import UMT5Config, UMT5Encoder
+from sf_core.text.tokenizer import TokenizerError, UMT5Tokenizer, find_spiece_model
+from sf_core.text.umt5 import UMT5Config, UMT5Encoder
 
 SPIECE_KEY = "spiece_model"
 SCALED_FP8_KEY = "scaled_fp8"

@@ -6,13 +6,20 @@ from typing import Protocol
 
 import torch
 
-from sf_core.taehv import StreamingTAEHVDecoder, taehv_from_state_dict
-from sf_core.vae import StreamingDecoder, vae_from_state_dict
-from sf_core.weightfile import WeightsError, read_state_dict
+from sf_core.vae.taehv import StreamingTAEHVDecoder, taehv_from_state_dict
+from sf_core.vae.wan import StreamingDecoder, vae_from_state_dict
+from sf_core.weights.files import WeightsError, read_state_dict
 
 
 class ChunkDecoder(Protocol):
-    """Turns a stream of normalised latent chunks into pixel frames, keeping its own causal state."""
+    """Turns a stream of normalised latent chunks into pixel frames, keeping its own causal state.
+
+    `spatial_stride` / `temporal_stride`: pixels per latent pixel and frames per latent frame (8 and 4 for
+    the Wan VAE and TAEHV); `sf_core.media.timing.decoder_frame_counts` turns them into frames per chunk.
+    """
+
+    spatial_stride: int
+    temporal_stride: int
 
     def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised `[B, f, C, h, w]` → frames `[B, T, 3, H, W]` in [-1, 1] (3 → 9 first, then 12)."""

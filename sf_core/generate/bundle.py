@@ -12,12 +12,11 @@ from typing import Callable
 import torch
 from safetensors import safe_open
 
-from .assets import ModelFiles
-from .checkpoint import load_model
-from .config import StreamConfig
-from .decoding import ChunkDecoder
-from .model import CausalWanModel
-from .schedule import chunk_frame_counts
+from sf_core.generate.files import ModelFiles
+from sf_core.weights.checkpoint import load_model
+from sf_core.config import StreamConfig
+from sf_core.vae.decoders import ChunkDecoder
+from sf_core.model import CausalWanModel
 
 # role -> (what is expected, where ComfyUI users keep it)
 ROLES = {
@@ -87,42 +86,6 @@ def check_file(role: str, path) -> None:
         raise problem(role, path, f"found {text}")
 
 
-class PixelDecoder:
-    """The toy world's decoder: latents are pixels (space-to-depth ×2), f latents → f frames; stateless."""
-
-    spatial_stride = 2
-    latent_channels = 12
-
-    @staticmethod
-    def frame_counts(chunk_frames: int) -> tuple[int, int]:
-        return chunk_frames, chunk_frames
-
-    def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
-        from .toy.render import from_latent
-        return from_latent(latents.float()) * 2 - 1  # [B, f, 3, 2h, 2w] in [-1, 1]
-
-    def reset(self) -> None: ...
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
-
-    def clone(self) -> "PixelDecoder":
-        return self
-
-
-def spatial_stride(decoder) -> int:
-    return getattr(decoder, "spatial_stride", 8)
-
-
-def frame_counts(decoder, chunk_frames: int) -> tuple[int, int]:
-    """Video frames the decoder gives for a stream's first chunk and for each later chunk of `chunk_frames`
-    latent frames: (4n − 3, 4n) for the Wan VAE and TAEHV, (n, n) for the toy pixels."""
-    counts = getattr(decoder, "frame_counts", None)
-    return counts(chunk_frames) if counts is not None else chunk_frame_counts(chunk_frames)
-
-
 @dataclass
 class Bundle:
     model: CausalWanModel
@@ -143,22 +106,22 @@ def _load(role: str, path, fn):
         raise problem(role, path, f"unreadable ({type(exc).__name__}: {exc})") from None
 
 
-def load_text_encoder(files: ModelFiles, device, dtype: torch.dtype) -> Callable[[list[str]], torch.Tensor]:
-    if files.text_kind == "toy":
-        from .toy.text import ToyTextEncoder
-        encoder = ToyTextEncoder(**files.toy_text)
-        return lambda prompts: encoder(prompts, device)
-    from .text import TextEncoder
+def _umt5(files: ModelFiles, device, dtype: torch.dtype) -> Callable[[list[str]], torch.Tensor]:
+    from sf_core.text.encoder import TextEncoder
     text_dtype = torch.bfloat16 if dtype == torch.float16 else dtype  # umT5 overflows in fp16
     encoder = _load("text_encoder", files.text_encoder,
                     lambda: TextEncoder.load(files.text_encoder, dtype=text_dtype, device=device))
     return encoder.encode
 
 
-def load_decoder(files: ModelFiles, device, dtype: torch.dtype) -> ChunkDecoder:
-    if files.decoder_kind == "toy_pixels":
-        return PixelDecoder()
-    from .decoding import load_chunk_decoder
+def _toy_text(files: ModelFiles, device, dtype: torch.dtype) -> Callable[[list[str]], torch.Tensor]:
+    from sf_core.toy.text import ToyTextEncoder
+    encoder = ToyTextEncoder(**files.text_options)
+    return lambda prompts: encoder(prompts, device)
+
+
+def _decoder_file(files: ModelFiles, device, dtype: torch.dtype) -> ChunkDecoder:
+    from sf_core.vae.decoders import load_chunk_decoder
     role = "taehv" if files.decoder_kind == "taehv" else "vae"
     decoder = _load(role, files.decoder, lambda: load_chunk_decoder(files.decoder, device, dtype))
     if files.decoder_kind == "taehv" and not hasattr(decoder, "mode"):
@@ -166,15 +129,43 @@ def load_decoder(files: ModelFiles, device, dtype: torch.dtype) -> ChunkDecoder:
     return decoder
 
 
+def _toy_pixels(files: ModelFiles, device, dtype: torch.dtype) -> ChunkDecoder:
+    from sf_core.toy.pixels import PixelDecoder
+    return PixelDecoder()
+
+
+def _wan_geometry():
+    from sf_core.vae.wan import StreamingDecoder
+    return StreamingDecoder
+
+
+def _toy_geometry():
+    from sf_core.toy.pixels import PixelDecoder
+    return PixelDecoder
+
+
+# kind -> (file role or None when the component has no file, loader); see sf_core.generate.files
+TEXT_ENCODERS = {"umt5": ("text_encoder", _umt5), "toy": (None, _toy_text)}
+DECODERS = {"vae": ("vae", _decoder_file, _wan_geometry), "auto": ("vae", _decoder_file, _wan_geometry),
+            "taehv": ("taehv", _decoder_file, _wan_geometry), "toy_pixels": (None, _toy_pixels, _toy_geometry)}
+
+
+def decoder_class(files: ModelFiles):
+    """The decoder's class, for its `spatial_stride` / `temporal_stride` before anything is loaded."""
+    return DECODERS[files.decoder_kind][2]()
+
+
 def load_bundle(files: ModelFiles, device, dtype: torch.dtype, decoder_dtype: torch.dtype,
                 stream_config: StreamConfig | None = None) -> Bundle:
     """Check every file first, then load text encoder, DiT and decoder."""
+    text_role, load_text = TEXT_ENCODERS[files.text_kind]
+    decoder_role, load_decoder, _ = DECODERS[files.decoder_kind]
     check_file("checkpoint", files.checkpoint)
-    if files.text_kind != "toy":
-        check_file("text_encoder", files.text_encoder)
-    if files.decoder_kind != "toy_pixels":
-        check_file("taehv" if files.decoder_kind == "taehv" else "vae", files.decoder)
-    encode = load_text_encoder(files, device, dtype)
+    if text_role:
+        check_file(text_role, files.text_encoder)
+    if decoder_role:
+        check_file(decoder_role, files.decoder)
+    encode = load_text(files, device, dtype)
     model, stream = _load("checkpoint", files.checkpoint,
                           lambda: load_model(files.checkpoint, dtype=dtype, device=device, stream_config=stream_config))
     decoder = load_decoder(files, device, decoder_dtype)

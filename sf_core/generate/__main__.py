@@ -1,0 +1,5 @@
+import sys
+
+from sf_core.generate.cli import main
+
+sys.exit(main())

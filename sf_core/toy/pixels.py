@@ -1,0 +1,28 @@
+"""The toy world's latent decoder: latents are the pixels themselves (space-to-depth ×2), one frame each."""
+from __future__ import annotations
+
+import torch
+
+from .render import LATENT_CHANNELS, LATENT_FACTOR, from_latent
+
+
+class PixelDecoder:
+    """A stateless `ChunkDecoder`: f latent frames → f video frames, `[B, f, 12, h, w]` → `[B, f, 3, 2h, 2w]`."""
+
+    spatial_stride = LATENT_FACTOR
+    temporal_stride = 1
+    latent_channels = LATENT_CHANNELS
+    normalised_latents = False   # ComfyUI LATENT outputs carry these latents as they are
+
+    def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
+        return from_latent(latents.float()) * 2 - 1  # in [-1, 1]
+
+    def reset(self) -> None: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def clone(self) -> "PixelDecoder":
+        return self
