@@ -7,7 +7,7 @@ positions 0..1023 and keeps working past the table end (see docs/api.md, "Positi
 
 Opt-in fast mode (`rope="fast"` on the model): the same angles, stored as float32 (cos, sin) pairs and
 applied with real float32 arithmetic (no float64, no complex dtype; compiler-friendly). Its error against
-the exact path is below bf16 resolution (tests/test_speed.py, docs/performance.md).
+the exact path is below bf16 resolution (tests/speed/test_speed.py, docs/performance.md).
 """
 from __future__ import annotations
 

@@ -9,20 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from sf_core.config import ModelConfig  # noqa: E402
 from sf_core.model import CausalWanModel  # noqa: E402
-
-TINY = ModelConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=32,
-                   freq_dim=32, text_len=16)
-
-
-def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
-    """Random weights everywhere (a fresh Wan init zeroes nothing, but scale it to keep activations O(1))."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return model
+from sf_core.testing.tiny import TINY_DIT, randomize  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -36,10 +24,10 @@ def _one_thread():
 
 @pytest.fixture
 def tiny_config():
-    return TINY
+    return TINY_DIT
 
 
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)
-    return randomize(CausalWanModel(TINY, attention="sdpa")).eval()
+    return randomize(CausalWanModel(TINY_DIT, attention="sdpa")).eval()

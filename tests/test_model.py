@@ -7,7 +7,7 @@ from sf_core.config import WAN_1_3B, ModelConfig
 from sf_core.model import CausalWanModel, sinusoidal_embedding
 from sf_core.cache import KVCache
 
-from conftest import TINY, randomize
+from sf_core.testing.tiny import TINY_DIT, randomize
 
 
 def test_real_1_3b_config_on_meta_device():
@@ -59,7 +59,7 @@ def _patchify_reference(x, pt, ph, pw):
 
 
 def test_unpatchify_order(tiny_model):
-    x = torch.randn(1, 2, TINY.out_dim, 4, 6)
+    x = torch.randn(1, 2, TINY_DIT.out_dim, 4, 6)
     tokens, grid = _patchify_reference(x, 1, 2, 2)
     assert torch.equal(tiny_model.unpatchify(tokens, grid), x)
 
@@ -67,21 +67,21 @@ def test_unpatchify_order(tiny_model):
 def test_text_zero_padded_without_mask(tiny_model):
     x = torch.randn(1, 3, 4, 4, 4)
     t = torch.full((1, 3), 500.0)
-    ctx = torch.randn(1, 5, TINY.text_dim)
-    padded = torch.cat([ctx, torch.zeros(1, TINY.text_len - 5, TINY.text_dim)], 1)
-    longer = torch.cat([padded, torch.randn(1, 4, TINY.text_dim)], 1)  # truncated back to text_len
+    ctx = torch.randn(1, 5, TINY_DIT.text_dim)
+    padded = torch.cat([ctx, torch.zeros(1, TINY_DIT.text_len - 5, TINY_DIT.text_dim)], 1)
+    longer = torch.cat([padded, torch.randn(1, 4, TINY_DIT.text_dim)], 1)  # truncated back to text_len
     with torch.no_grad():
         a, b, c = (tiny_model(x, t, cx) for cx in (ctx, padded, longer))
     assert torch.equal(a, b) and torch.equal(a, c)
     # padding rows are not masked: they carry the bias-derived embedding and change the output
     with torch.no_grad():
-        d = tiny_model(x, t, torch.cat([ctx, torch.zeros(1, 2, TINY.text_dim)], 1)[:, :5])
+        d = tiny_model(x, t, torch.cat([ctx, torch.zeros(1, 2, TINY_DIT.text_dim)], 1)[:, :5])
     assert torch.equal(a, d)
 
 
 def test_per_frame_timesteps_modulate_each_frame(tiny_model):
     x = torch.randn(1, 3, 4, 4, 4)
-    ctx = torch.randn(1, 4, TINY.text_dim)
+    ctx = torch.randn(1, 4, TINY_DIT.text_dim)
     t1 = torch.tensor([[1000.0, 500.0, 0.0]])
     with torch.no_grad():
         a = tiny_model(x, t1, ctx)
@@ -105,7 +105,7 @@ def test_cached_chunks_equal_block_causal_parallel(tiny_model, chunk):
     torch.manual_seed(1)
     x = torch.randn(2, 6, 4, 4, 6)
     t = torch.rand(2, 6) * 1000
-    ctx = torch.randn(2, 7, TINY.text_dim)
+    ctx = torch.randn(2, 7, TINY_DIT.text_dim)
     with torch.no_grad():
         cached = _chunked(tiny_model, x, t, ctx, chunk)
         parallel = tiny_model.forward_parallel(x, t, ctx, chunk_frames=chunk, use_flex=False)
@@ -116,7 +116,7 @@ def test_rolling_cache_equals_windowed_parallel(tiny_model):
     torch.manual_seed(2)
     x = torch.randn(1, 12, 4, 4, 4)
     t = torch.rand(1, 12) * 1000
-    ctx = torch.randn(1, 3, TINY.text_dim)
+    ctx = torch.randn(1, 3, TINY_DIT.text_dim)
     with torch.no_grad():
         cached = _chunked(tiny_model, x, t, ctx, 3, window=6)
         parallel = tiny_model.forward_parallel(x, t, ctx, chunk_frames=3, window=6, use_flex=False)
@@ -131,8 +131,8 @@ def test_cached_with_clean_context_equals_teacher_forcing(tiny_model):
     clean = torch.randn(1, 6, 4, 4, 4)
     noisy = torch.randn(1, 6, 4, 4, 4)
     t = torch.rand(1, 6) * 1000
-    ctx = torch.randn(1, 5, TINY.text_dim)
-    cache = KVCache.allocate(TINY, 1, 4, 6)
+    ctx = torch.randn(1, 5, TINY_DIT.text_dim)
+    cache = KVCache.allocate(TINY_DIT, 1, 4, 6)
     outs = []
     with torch.no_grad():
         for i in range(0, 6, 3):
@@ -143,9 +143,9 @@ def test_cached_with_clean_context_equals_teacher_forcing(tiny_model):
 
 
 def test_gradients_flow_through_cached_forward_without_touching_context(tiny_model):
-    model = randomize(CausalWanModel(TINY, attention="sdpa"))
-    cache = KVCache.allocate(TINY, 1, 4, 6)
-    ctx = torch.randn(1, 4, TINY.text_dim)
+    model = randomize(CausalWanModel(TINY_DIT, attention="sdpa"))
+    cache = KVCache.allocate(TINY_DIT, 1, 4, 6)
+    ctx = torch.randn(1, 4, TINY_DIT.text_dim)
     with torch.no_grad():
         model(torch.randn(1, 3, 4, 4, 4), torch.zeros(1, 3), ctx, cache, 0)
     k_before = cache.k.clone()
@@ -161,10 +161,10 @@ def test_gradients_flow_through_cached_forward_without_touching_context(tiny_mod
 def test_half_precision_modes_track_float32(tiny_model, dtype):
     x = torch.randn(1, 3, 4, 4, 4)
     t = torch.full((1, 3), 750.0)
-    ctx = torch.randn(1, 4, TINY.text_dim)
+    ctx = torch.randn(1, 4, TINY_DIT.text_dim)
     with torch.no_grad():
         ref = tiny_model(x, t, ctx)
-        low = CausalWanModel(TINY, attention="sdpa")
+        low = CausalWanModel(TINY_DIT, attention="sdpa")
         low.load_state_dict(tiny_model.state_dict())
         out = low.to(dtype)(x.to(dtype), t, ctx.to(dtype))
     assert out.dtype == dtype
@@ -173,7 +173,7 @@ def test_half_precision_modes_track_float32(tiny_model, dtype):
 
 
 def test_cache_for_other_resolution_is_rejected(tiny_model):
-    cache = KVCache.allocate(TINY, 1, 4, 6)
+    cache = KVCache.allocate(TINY_DIT, 1, 4, 6)
     with pytest.raises(ValueError, match="tokens per frame"):
         tiny_model(torch.randn(1, 3, 4, 6, 6), torch.zeros(1, 3), torch.randn(1, 2, 32), cache, 0)
 

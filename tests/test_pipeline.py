@@ -6,13 +6,13 @@ from sf_core.noise import SeededNoise
 from sf_core.pipeline import PromptSwitch, StreamingPipeline
 from sf_core.state import StateError, StreamState
 
-from conftest import TINY
+from sf_core.testing.tiny import TINY_DIT
 
 H = W = 32  # pixels -> 4×4 latent -> 4 tokens per frame
 
 
 def _ctx(seed=0, batch=1):
-    return torch.randn(batch, 5, TINY.text_dim, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(batch, 5, TINY_DIT.text_dim, generator=torch.Generator().manual_seed(seed))
 
 
 def _run(pipe, state, n, prompts=None):
@@ -25,7 +25,7 @@ def test_stream_yields_chunks_with_positions(tiny_model):
     chunks = list(pipe.stream(state, 4))
     assert [c.index for c in chunks] == [0, 1, 2, 3]
     assert [c.start_frame for c in chunks] == [0, 3, 6, 9]
-    assert chunks[0].latents.shape == (1, 3, TINY.in_dim, 4, 4)
+    assert chunks[0].latents.shape == (1, 3, TINY_DIT.in_dim, 4, 4)
     assert state.next_frame == 12
 
 
@@ -36,7 +36,7 @@ def test_chunk_matches_the_official_step_recipe(tiny_model):
     state = pipe.start(_ctx(), H, W, noise=noise)
     chunk = pipe.step(state)
     from sf_core.cache import KVCache
-    cache = KVCache.allocate(TINY, 1, 4, 21)
+    cache = KVCache.allocate(TINY_DIT, 1, 4, 21)
     steps, sig = [1000.0, 937.5, 833.3333, 625.0], [1.0, 0.9375, 0.833333, 0.625]
     x = noise(0, 0, (1, 3, 4, 4, 4), torch.float32, "cpu")
     with torch.no_grad():
@@ -51,7 +51,7 @@ def test_chunk_matches_the_official_step_recipe(tiny_model):
 
 def _cache_after_clean_pass(model, x0):
     from sf_core.cache import KVCache
-    cache = KVCache.allocate(TINY, 1, 4, 21)
+    cache = KVCache.allocate(TINY_DIT, 1, 4, 21)
     with torch.no_grad():
         model(x0, torch.zeros(1, 3), _ctx(), cache, 0)
     return cache.k[:, :, :12]
@@ -147,7 +147,7 @@ def test_recache_equals_encoding_the_window_under_the_new_prompt(tiny_model):
 
 def test_prefill_initial_latents(tiny_model):
     pipe = StreamingPipeline(tiny_model, StreamConfig(window=9))
-    init = torch.randn(1, 4, TINY.in_dim, 4, 4)
+    init = torch.randn(1, 4, TINY_DIT.in_dim, 4, 4)
     state = pipe.start(_ctx(), H, W, seed=1, initial_latents=init)
     assert state.next_frame == 4 and state.cache.global_end == 16
     chunk = pipe.step(state)
@@ -195,7 +195,7 @@ def test_recache_keeps_the_original_block_boundaries(tiny_model):
     """A 4-frame prefill (blocks [0,1) and [1,4)) and chunks [4,7), [7,10): a recache re-passes exactly these
     blocks, so the cache equals passing them under the new prompt (not a re-chunking from the window start)."""
     pipe = StreamingPipeline(tiny_model, StreamConfig(window=12))
-    init = torch.randn(1, 4, TINY.in_dim, 4, 4, generator=torch.Generator().manual_seed(5))
+    init = torch.randn(1, 4, TINY_DIT.in_dim, 4, 4, generator=torch.Generator().manual_seed(5))
     state = pipe.start(_ctx(0), H, W, seed=1, initial_latents=init)
     _run(pipe, state, 2)
     assert state.info["block_starts"] == [0, 1, 4, 7]

@@ -5,7 +5,7 @@ calling thread decodes and yields. First-frame latency is unchanged (chunk 0 is 
 exists); afterwards decode time hides behind DiT time. On CUDA the producer issues its kernels on its own
 stream and hands over an event, so the two streams can run concurrently on the GPU; on CPU the two threads
 share the intra-op thread pool. Every tensor op is the same as in the sequential loop, so outputs are
-identical (tests/test_speed.py).
+identical (tests/speed/test_speed.py).
 """
 from __future__ import annotations
 

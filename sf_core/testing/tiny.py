@@ -1,4 +1,4 @@
-"""Tiny random-weight assets in the real file layouts, for tests and CLI smoke runs (seconds, no downloads)."""
+"""Tiny random-weight models and files in the real layouts, for tests and smoke runs (seconds, no downloads)."""
 from __future__ import annotations
 
 import functools
@@ -11,7 +11,11 @@ from safetensors.torch import save_file
 
 from sf_core.text.encoder import SCALED_FP8_KEY, SPIECE_KEY, official_to_comfy_key
 from sf_core.text.tokenizer import HF_TOKENIZER_SUBDIR, SPIECE_FILE
+from sf_core.config import ModelConfig
 from sf_core.text.umt5 import UMT5Config, UMT5Encoder
+
+TINY_DIT = ModelConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=32,
+                       freq_dim=32, text_len=16)
 
 TINY_UMT5 = UMT5Config(vocab_size=160, dim=32, num_layers=2, num_heads=4, head_dim=8, ffn_dim=48)
 
@@ -103,3 +107,12 @@ def make_tiny_umt5(path: str | Path, layout: str = "comfy", config: UMT5Config =
         tensors[SPIECE_KEY] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8)
     save_file(tensors, str(path))
     return path
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
+    """Random weights everywhere, scaled to keep activations O(1) (a fresh Wan init leaves some zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model

@@ -10,14 +10,14 @@ from sf_core.train.losses.score import critic_flow_loss, sample_score_timestep
 from sf_core.train.losses.sid import sid_loss
 from sf_core.train.objectives import (OBJECTIVES, ObjectiveConfig, StepInfo, TrainBatch, build_objective)
 
-from conftest import TINY, randomize
+from sf_core.testing.tiny import TINY_DIT, randomize
 
-SHAPE = (6, TINY.in_dim, 4, 4)   # (frames, C, h, w): two chunks of 3 frames, 4 tokens per frame
+SHAPE = (6, TINY_DIT.in_dim, 4, 4)   # (frames, C, h, w): two chunks of 3 frames, 4 tokens per frame
 SCHED = FlowMatchScheduler(5.0)
 
 
 def _model(seed, frozen=False):
-    m = randomize(CausalWanModel(TINY, attention="sdpa"), seed)
+    m = randomize(CausalWanModel(TINY_DIT, attention="sdpa"), seed)
     return m.requires_grad_(not frozen)
 
 
@@ -26,8 +26,8 @@ def _rand(*shape, seed=0):
 
 
 def _batch(seed=0):
-    return TrainBatch(context=_rand(1, 5, TINY.text_dim, seed=seed),
-                      negative_context=_rand(1, 5, TINY.text_dim, seed=99),
+    return TrainBatch(context=_rand(1, 5, TINY_DIT.text_dim, seed=seed),
+                      negative_context=_rand(1, 5, TINY_DIT.text_dim, seed=99),
                       latents=_rand(1, *SHAPE, seed=seed + 1), ode_trajectory=_rand(1, 5, *SHAPE, seed=seed + 2))
 
 
@@ -112,7 +112,7 @@ def test_gan_discriminator_reads_the_critic_features_and_learns():
     disc = FeatureDiscriminator.for_backbone(critic)
     assert default_feature_layers(30) == (13, 21, 29) and disc.feature_layers == (0, 1)
     opt = torch.optim.Adam(list(disc.parameters()) + list(critic.parameters()), lr=1e-3)
-    fake, real, ctx = _rand(1, *SHAPE, seed=1), _rand(1, *SHAPE, seed=2) + 2.0, _rand(1, 5, TINY.text_dim)
+    fake, real, ctx = _rand(1, *SHAPE, seed=1), _rand(1, *SHAPE, seed=2) + 2.0, _rand(1, 5, TINY_DIT.text_dim)
     losses = []
     for _ in range(6):
         loss, m = gan_discriminator_loss(fake, real, ctx, critic, disc, torch.Generator().manual_seed(0), SCHED,
@@ -207,4 +207,4 @@ def test_contract_errors_and_config():
     assert ObjectiveConfig().critic_updates_per_generator == 5
     obj = build_objective("teacher_forcing", {"latent_shape": SHAPE}, _model(0))
     with pytest.raises(ValueError, match="TrainBatch.latents"):
-        obj.generator_loss(TrainBatch(_rand(1, 5, TINY.text_dim), None), _info())
+        obj.generator_loss(TrainBatch(_rand(1, 5, TINY_DIT.text_dim), None), _info())

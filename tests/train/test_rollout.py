@@ -10,17 +10,17 @@ from sf_core.pipeline import StreamingPipeline
 from sf_core.scheduler import FlowMatchScheduler
 from sf_core.train.rollout import RolloutConfig, draw_exit_steps, rolling_trick_window, self_rollout
 
-from conftest import TINY, randomize
+from sf_core.testing.tiny import TINY_DIT, randomize
 
-LATENT = (TINY.in_dim, 4, 4)   # 32×32 pixels -> 4×4 latent -> 4 tokens per frame
+LATENT = (TINY_DIT.in_dim, 4, 4)   # 32×32 pixels -> 4×4 latent -> 4 tokens per frame
 
 
 def _ctx(seed=0, batch=1):
-    return torch.randn(batch, 5, TINY.text_dim, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(batch, 5, TINY_DIT.text_dim, generator=torch.Generator().manual_seed(seed))
 
 
 def _model(seed=0):
-    return randomize(CausalWanModel(TINY, attention="sdpa"), seed)
+    return randomize(CausalWanModel(TINY_DIT, attention="sdpa"), seed)
 
 
 def _rollout(model, cfg, exits, noise, with_grad=True, ctx=None):
@@ -103,7 +103,7 @@ def test_parameter_gradient_equals_detached_context_reference():
 
     # reference with the engine's own KVCache (which detaches cached context under autograd)
     sched, steps = FlowMatchScheduler(5.0), FlowMatchScheduler(5.0).warp([1000, 750, 500, 250])
-    cache = KVCache.allocate(TINY, 1, 4, 9)
+    cache = KVCache.allocate(TINY_DIT, 1, 4, 9)
     shape, total = (1, 3, *LATENT), 0
     for k in range(3):
         x = noise(k, 0, shape, torch.float32, "cpu")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from sf_core.media.recording import VideoRecorder, channels_last, pick_codec, read_video, to_uint8_frames
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _gradient_chunk(t0: int, n: int, h: int = 32, w: int = 48) -> np.ndarray:

@@ -22,9 +22,9 @@ from sf_core.vae.taehv import TAEHV
 from sf_core.testing.tiny import TINY_UMT5, make_tiny_umt5
 from sf_core.vae.wan import VAEConfig, WanVAE
 
-from conftest import randomize
+from sf_core.testing.tiny import randomize
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIT = ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=16, out_dim=16, text_dim=TINY_UMT5.dim,
                   freq_dim=32, text_len=16)
 SIZE = ["--width", "32", "--height", "32"]

@@ -13,9 +13,9 @@ from safetensors import safe_open
 from sf_core.weights.checkpoint import load_state_dict
 from sf_core.config import ModelConfig, StreamConfig
 from sf_core.weights.convert import main
-from tests.test_checkpoint import TINY, assert_same, diffusers_name, random_sd, wan_vae_keys, write_layout
+from tests.weights.test_checkpoint import TINY, assert_same, diffusers_name, random_sd, wan_vae_keys, write_layout
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

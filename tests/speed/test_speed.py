@@ -15,10 +15,10 @@ from sf_core.pipeline import StreamingPipeline
 from sf_core.rope import apply_rope, fast_freqs, apply_rope_fast, grid_freqs
 from sf_core.vae.taehv import TAEHV, StreamingTAEHVDecoder
 
-from conftest import TINY, randomize
+from sf_core.testing.tiny import TINY_DIT, randomize
 
 def _ctx():
-    return torch.randn(1, 5, TINY.text_dim, generator=torch.Generator().manual_seed(5))
+    return torch.randn(1, 5, TINY_DIT.text_dim, generator=torch.Generator().manual_seed(5))
 
 
 def _stream(model, chunks=3, cfg=StreamConfig(window=6, sink=1), commit_last=True):
@@ -60,9 +60,9 @@ def test_sdpa_matches_float32_math_reference():
 
 # -- (b) cache writes are in place ------------------------------------------------------------------------------
 def test_cache_update_returns_views_of_the_preallocated_buffers():
-    cache = KVCache.allocate(TINY, 1, 4, 6)
+    cache = KVCache.allocate(TINY_DIT, 1, 4, 6)
     ptr_k, ptr_v = cache.k.data_ptr(), cache.v.data_ptr()
-    kv = torch.randn(1, 12, TINY.num_heads, TINY.head_dim)
+    kv = torch.randn(1, 12, TINY_DIT.num_heads, TINY_DIT.head_dim)
     with torch.no_grad():
         cache.begin(0, 12)
         k, v = cache.update(1, kv, kv * 2)
@@ -87,7 +87,7 @@ def test_stream_with_eviction_never_reallocates_the_cache(tiny_model):
         pipe.step(state)
     assert state.cache.global_end // 4 == 12 and state.cache.local_end // 4 == 6
     assert (state.cache.k.data_ptr(), state.cache.v.data_ptr(), state.cache.cross_k.data_ptr()) == ptrs
-    assert len(seen) == 4 * 5 * TINY.num_layers and set(seen) == {ptrs[0]}
+    assert len(seen) == 4 * 5 * TINY_DIT.num_layers and set(seen) == {ptrs[0]}
 
 
 # -- (c) static-shape forward: eager wrapper, torch.compile, CUDA graphs -----------------------------------------
@@ -101,11 +101,11 @@ def test_fast_forward_without_compile_is_bitwise_the_model(tiny_model):
 def test_compiled_forward_matches_eager_on_cpu():
     """torch.compile (inductor, C++ codegen) of forward_planned; one cache plan so it compiles once."""
     torch.manual_seed(0)
-    model = randomize(CausalWanModel(TINY, attention="sdpa", rope="fast")).eval()
+    model = randomize(CausalWanModel(TINY_DIT, attention="sdpa", rope="fast")).eval()
     x, t = torch.randn(1, 3, 4, 4, 4), torch.full((1, 3), 500.0)
     outs = []
     for fn in (model, FastForward(model, compile=True)):
-        cache = KVCache.allocate(TINY, 1, 4, 6)
+        cache = KVCache.allocate(TINY_DIT, 1, 4, 6)
         with torch.no_grad():
             model(x, t, _ctx(), cache, 0)              # eager first pass fills the cross-attention cache
             outs.append((fn(x * 0.5, t * 0, _ctx(), cache, 0), cache.k.clone()))
@@ -116,7 +116,7 @@ def test_compiled_forward_matches_eager_on_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_cuda_graph_replay_matches_eager():
     torch.manual_seed(0)
-    model = randomize(CausalWanModel(TINY, attention="sdpa")).eval().cuda()
+    model = randomize(CausalWanModel(TINY_DIT, attention="sdpa")).eval().cuda()
     plain, _ = _stream(model)
     fast_model = FastForward(model, cuda_graphs=True)
     graphed, _ = _stream(fast_model)
@@ -216,14 +216,14 @@ def test_fast_rope_error_is_far_below_bf16_resolution():
 
 def test_fast_rope_model_is_close_to_exact_and_off_by_default(tiny_model):
     assert tiny_model.rope == "exact"
-    fast = CausalWanModel(TINY, attention="sdpa", rope="fast").eval()
+    fast = CausalWanModel(TINY_DIT, attention="sdpa", rope="fast").eval()
     fast.load_state_dict(tiny_model.state_dict())
     a, _ = _stream(tiny_model)
     b, _ = _stream(fast)
     for x, y in zip(a, b):
         torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="rope"):
-        CausalWanModel(TINY, rope="fp16")
+        CausalWanModel(TINY_DIT, rope="fp16")
 
 
 # -- (h) fp8 weights ------------------------------------------------------------------------------------------
@@ -239,9 +239,9 @@ def test_fp8_quantize_is_per_tensor_e4m3():
 def test_simulated_fp8_touches_only_block_linears(tiny_model):
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     n = simulate_fp8_weights_(tiny_model)
-    assert n == TINY.num_layers * 10  # self q k v o, cross q k v o, ffn 0 and 2
+    assert n == TINY_DIT.num_layers * 10  # self q k v o, cross q k v o, ffn 0 and 2
     changed = {k for k, v in tiny_model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed == {f"blocks.{i}.{m}.weight" for i in range(TINY.num_layers) for m in
+    assert changed == {f"blocks.{i}.{m}.weight" for i in range(TINY_DIT.num_layers) for m in
                        ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q",
                         "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")}
 
@@ -258,8 +258,8 @@ def test_fp8_linear_matches_its_dequantised_arithmetic():
     xq, xs = fp8_quantize(x.reshape(-1, 64))
     ref = (xq.float() * xs) @ (wq.float() * ws).t() + lin.bias
     torch.testing.assert_close(y, ref.view(3, 5, 32), atol=1e-4, rtol=1e-4)
-    assert len(block_linears(randomize(CausalWanModel(TINY)))) == 20
-    model = randomize(CausalWanModel(TINY, attention="sdpa")).eval()
+    assert len(block_linears(randomize(CausalWanModel(TINY_DIT)))) == 20
+    model = randomize(CausalWanModel(TINY_DIT, attention="sdpa")).eval()
     assert to_fp8_linears_(model) == 20
     out, _ = _stream(model, chunks=1)
     assert torch.isfinite(out[0]).all()
