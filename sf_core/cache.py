@@ -14,6 +14,10 @@ Semantics follow the official implementation (selfforcing.md §3.3), with token 
 
 Buffers are preallocated once as [layers, B, S, heads, head_dim]; eviction shifts tokens with
 non-overlapping copies, so the hot loop allocates nothing.
+
+`share()` gives a copy-on-write twin: both read the same buffers until one of them writes where the
+other could read. Appending past every token any sharer wrote is free (a continued global cache);
+anything else (rolling eviction, a re-cache from token 0, a second branch) copies the buffers once.
 """
 from __future__ import annotations
 
@@ -24,6 +28,16 @@ import torch
 
 class CacheError(RuntimeError):
     """The cache cannot hold the requested write."""
+
+
+class _Shared:
+    """Bookkeeping of buffers several caches read: the one cache that may append in place, from where,
+    and the high-water mark of everything written (no sharer reads past it)."""
+
+    def __init__(self, frontier: int):
+        self.owner: "KVCache | None" = None
+        self.owned_from = 0
+        self.frontier = frontier
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class KVCache:
         self.local_end = 0
         self.cross_ready = False
         self._plan: _Plan | None = None
+        self._shared: _Shared | None = None
 
     @classmethod
     def allocate(cls, config, batch: int, frame_tokens: int, capacity_frames: int, window: int = -1,
@@ -81,15 +96,54 @@ class KVCache:
     def reserve(self, frames: int) -> None:
         """Grow a global cache so it holds at least `frames` latent frames (rolling caches are fixed-size).
 
-        Attention reads everything a global cache holds, so growing it changes no result; it reallocates,
-        so call it between chunks (e.g. before extending a stream), never inside the hot loop.
+        Attention reads everything a global cache holds, so growing it changes no result. It reallocates
+        (by at least half the capacity, so a chain of k extensions reallocates O(log k) times) and copies
+        only the tokens in use, so call it between chunks, never inside the hot loop.
         """
         need = frames * self.frame_tokens
         if self.rolling or need <= self.capacity:
             return
-        extra = need - self.capacity
-        grow = lambda t: torch.cat([t, t.new_zeros((*t.shape[:2], extra, *t.shape[3:]))], dim=2)  # noqa: E731
-        self.k, self.v = grow(self.k), grow(self.v)
+        grown = max(need, -(-3 * self.capacity // 2 // self.frame_tokens) * self.frame_tokens)
+        self._move_to(grown)
+
+    def _move_to(self, capacity: int) -> None:
+        """Own fresh buffers of `capacity` tokens holding this cache's tokens (leaves any sharer alone)."""
+        used = self.local_end
+        shape = (*self.k.shape[:2], capacity, *self.k.shape[3:])
+        k, v = self.k.new_zeros(shape), self.v.new_zeros(shape)
+        k[:, :, :used].copy_(self.k[:, :, :used])
+        v[:, :, :used].copy_(self.v[:, :, :used])
+        self.k, self.v, self._shared = k, v, None
+
+    def share(self) -> "KVCache":
+        """A copy-on-write twin: no copy now; whichever of the two later writes where the other reads
+        copies the buffers first (continuing a global cache past its end never does)."""
+        if self._shared is None:
+            self._shared = _Shared(self.local_end)
+        self._shared.owner = None  # from now on the twin reads up to here: nobody may append in place below
+        self._shared.frontier = max(self._shared.frontier, self.local_end)
+        twin = KVCache(self.k, self.v, self.cross_k.clone(), self.cross_v.clone(), self.frame_tokens,
+                       self.window, self.sink)
+        twin.global_end, twin.local_end, twin.cross_ready = self.global_end, self.local_end, self.cross_ready
+        twin._shared = self._shared
+        return twin
+
+    @property
+    def shared(self) -> bool:
+        """Whether the buffers are (still) read by another cache."""
+        return self._shared is not None
+
+    def _claim(self, lowest: int, end: int) -> None:
+        """Before writing physical tokens [lowest, end): copy shared buffers unless this write is safe."""
+        s = self._shared
+        if s is None:
+            return
+        if not (s.owner is self and lowest >= s.owned_from):
+            if lowest < s.frontier:
+                self._move_to(self.capacity)
+                return
+            s.owner, s.owned_from = self, lowest
+        s.frontier = max(s.frontier, end)
 
     def reset(self) -> None:
         """Forget everything (the buffers are reused)."""
@@ -112,11 +166,14 @@ class KVCache:
         if self.rolling and length > s - sink:
             raise CacheError(f"a chunk of {length // self.frame_tokens} frames does not fit a window of "
                              f"{self.window} frames with {self.sink} sink frames")
-        if self.rolling and ce > g and lc + length > s:
+        evict = self.rolling and ce > g and lc + length > s
+        if evict:
             n_evict = length + lc - s
-            n_keep = lc - n_evict - sink
-            self._shift_left(sink, n_evict, n_keep)
         new_lc = lc + advance - n_evict
+        if new_lc <= s:
+            self._claim(sink if evict else new_lc - length, new_lc)
+        if evict:
+            self._shift_left(sink, n_evict, lc - n_evict - sink)
         if new_lc > s:
             raise CacheError(
                 f"global KV cache full: it holds {s // self.frame_tokens} latent frames and this chunk ends at "

@@ -108,3 +108,75 @@ def test_reserve_grows_global_caches_only():
     rolling = KVCache.allocate(CFG, 1, 2, 0, window=4)
     rolling.reserve(100)
     assert rolling.capacity == 8
+
+
+def _used(cache):
+    return cache.k[:, :, :cache.local_end].clone()
+
+
+def test_shared_global_cache_continues_without_copying_and_leaves_the_original_intact():
+    cache = KVCache.allocate(CFG, 1, 2, 6)
+    _run(cache, [(0, 6, 1)])
+    before = _used(cache)
+    reference = cache.clone()
+    twin = cache.share()
+    _run(twin, [(6, 12, 2), (6, 12, 3)])  # next chunk, then its cache-update re-pass
+    _run(reference, [(6, 12, 2), (6, 12, 3)])
+    assert twin.k.data_ptr() == cache.k.data_ptr() and twin.shared  # appended in place
+    assert torch.equal(_used(twin), _used(reference)) and torch.equal(_used(cache), before)
+
+
+def test_second_branch_from_a_shared_cache_copies_and_both_branches_are_exact():
+    cache = KVCache.allocate(CFG, 1, 2, 6)
+    _run(cache, [(0, 6, 1)])
+    first, second = cache.share(), cache.share()
+    _run(first, [(6, 12, 2)])
+    _run(second, [(6, 12, 3)])  # the same slots the first branch wrote: must not overwrite them
+    assert second.k.data_ptr() != cache.k.data_ptr() and not second.shared
+    for branch, tag in ((first, 2), (second, 3)):
+        reference = cache.clone()
+        reference.local_end = reference.global_end = 6
+        _run(reference, [(6, 12, tag)])
+        assert torch.equal(_used(branch), _used(reference))
+
+
+def test_the_original_copies_when_it_continues_after_its_twin():
+    cache = KVCache.allocate(CFG, 1, 2, 6)
+    _run(cache, [(0, 6, 1)])
+    twin = cache.share()
+    _run(twin, [(6, 12, 2)])
+    seen_by_twin = _used(twin)
+    _run(cache, [(6, 12, 9)])
+    assert torch.equal(_used(twin), seen_by_twin) and cache.k.data_ptr() != twin.k.data_ptr()
+
+
+@pytest.mark.parametrize("mode", ["rolling", "recache"])
+def test_writes_below_the_shared_tokens_copy_once(mode):
+    rolling = mode == "rolling"
+    cache = KVCache.allocate(CFG, 1, 2, 6, window=3 if rolling else -1)
+    _run(cache, [(0, 6, 1)])
+    before = _used(cache)
+    twin = cache.share()
+    if not rolling:
+        twin.reset()  # a prompt switch with recache re-passes the window from token 0
+    ops = [(6, 12, 2), (12, 18, 3)] if rolling else [(0, 6, 4), (6, 12, 5)]
+    reference = cache.clone()
+    if not rolling:
+        reference.reset()
+    _run(twin, ops[:1])
+    copied = twin.k.data_ptr()
+    _run(twin, ops[1:])
+    _run(reference, ops)
+    assert copied != cache.k.data_ptr() and twin.k.data_ptr() == copied  # one copy, then in place
+    assert torch.equal(_used(twin), _used(reference)) and torch.equal(_used(cache), before)
+
+
+def test_reserve_grows_geometrically():
+    cache = KVCache.allocate(CFG, 1, 2, 4)
+    moves, pointer = 0, cache.k.data_ptr()
+    for frames in range(5, 41):
+        cache.reserve(frames)
+        moves += cache.k.data_ptr() != pointer  # the old buffer is alive while copying: a move changes it
+        pointer = cache.k.data_ptr()
+        assert cache.capacity >= 2 * frames
+    assert moves == 6  # 4 → 6 → 9 → 14 → 21 → 32 → 48 frames, not 36 reallocations
