@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
 
 from sf_core.generate.files import ModelFiles
 from sf_core.weights.checkpoint import load_model
 from sf_core.config import StreamConfig
 from sf_core.vae.decoders import ChunkDecoder
 from sf_core.model import CausalWanModel
+from sf_core.weights.files import sniff
 
 # role -> (what is expected, where ComfyUI users keep it)
 ROLES = {
@@ -27,19 +27,6 @@ ROLES = {
     "vae": ("the Wan2.1 VAE (wan_2.1_vae.safetensors or Wan2.1_VAE.pth)", "models/vae"),
     "taehv": ("the TAEHV tiny decoder for Wan2.1 (taew2_1.safetensors / lighttaew2_1.safetensors)", "models/vae_approx"),
 }
-# What a safetensors file holds, judged by one key: (key suffix, kind, description).
-SIGNATURES = (
-    ("head.modulation", "checkpoint", "a Wan2.1 DiT"),
-    ("condition_embedder.time_proj.weight", "checkpoint", "a diffusers Wan DiT"),
-    ("decoder.middle.0.residual.0.gamma", "vae", "a Wan2.1 VAE"),
-    ("decoder.upsamples.0.upsamples.0.residual.2.weight", "wan22_vae", "a Wan2.2 VAE"),
-    ("decoder.22.bias", "taehv", "a TAEHV tiny decoder"),
-    ("shared.weight", "text_encoder", "a umT5/T5 text encoder"),
-    ("encoder.final_layer_norm.weight", "text_encoder", "a umT5/T5 text encoder"),
-    ("token_embedding.weight", "text_encoder", "the official Wan umT5 text encoder"),
-)
-
-
 class FileProblem(Exception):
     """A user file is missing or wrong; `str()` is the one-line message for the user."""
 
@@ -48,25 +35,6 @@ def problem(role: str, path, found: str) -> FileProblem:
     expected, folder = ROLES[role]
     line = f"{role.replace('_', ' ')} file {path}: {found}; expected {expected} (ComfyUI users keep it in {folder})"
     return FileProblem(" ".join(line.split()))
-
-
-def sniff(path: Path) -> tuple[str | None, str]:
-    """(kind, description) of a safetensors file from its header alone; (None, "") for other formats."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-        if len(head) < 9 or head[8:9] != b"{":
-            return None, ""
-        with safe_open(str(path), "pt") as f:
-            keys = list(f.keys())
-    except Exception as exc:  # noqa: BLE001 - a damaged header is reported by the real loader
-        return None, str(exc)
-    for suffix, kind, text in SIGNATURES:
-        if any(k == suffix or k.endswith("." + suffix) for k in keys):
-            return kind, text
-    if any(m in k for k in keys for m in (".lora_down.", ".lora_A.", "lora_unet_")):
-        return "lora", "a LoRA"
-    return "unknown", f"an unrecognised safetensors file (first keys: {', '.join(sorted(keys)[:3]) or 'none'})"
 
 
 def check_file(role: str, path) -> None:

@@ -8,9 +8,7 @@ Layouts (see formats.md §3):
 """
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from sf_core.weights.files import WeightsError, check_state_dict, load_torch_file, shapes_of
 from sf_core.text.tokenizer import TokenizerError, UMT5Tokenizer, find_spiece_model
 from sf_core.text.umt5 import UMT5Config, UMT5Encoder
 
@@ -50,7 +49,7 @@ _COMFY_TO_OFFICIAL_BLOCK = {v: k for k, v in _BLOCK_KEYS.items()}
 _COMFY_AUX = re.compile(r"^(spiece_model|scaled_fp8|encoder\.embed_tokens\.weight|.*\.scale_(weight|input))$")
 
 
-class TextEncoderError(ValueError):
+class TextEncoderError(WeightsError):
     """A text-encoder file is missing, unreadable or not a umT5 encoder."""
 
 
@@ -107,20 +106,7 @@ def _open_tensors(path: Path) -> Iterator[Mapping[str, torch.Tensor]]:
             raise TextEncoderError(f"{path}: unreadable safetensors file ({exc}); it may be truncated or corrupt, "
                                    "download it again") from exc
         return
-    is_zip = zipfile.is_zipfile(path)
-    if head.startswith(b"PK") and not is_zip:
-        raise TextEncoderError(f"{path}: torch zip archive without its directory; the file is truncated or "
-                               "corrupt, download it again")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except pickle.UnpicklingError as exc:
-        reason = next((line.strip() for line in str(exc).splitlines() if "nsupported" in line), "not plain tensors")
-        raise TextEncoderError(f"refusing to load {path}: torch.load(weights_only=True) rejected it ({reason}); "
-                               "only plain tensor state dicts are accepted, since other pickled objects could run "
-                               "code. Use the official models_t5_umt5-xxl-enc-bf16.pth or a safetensors file") from exc
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise TextEncoderError(f"{path}: neither a safetensors file nor a readable torch checkpoint ({exc}); "
-                               "it may be truncated or corrupt, download it again") from exc
+    obj = load_torch_file(path, TextEncoderError)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise TextEncoderError(f"{path}: expected a flat dict of tensors (official models_t5_umt5-xxl-enc-bf16.pth "
                                f"layout), got {type(obj).__name__}")
@@ -198,21 +184,18 @@ def infer_umt5_config(state_dict: Mapping[str, torch.Tensor], source: str = "sta
 
 
 def _check_state_dict(state_dict: Mapping[str, torch.Tensor], source: str, comfy: bool) -> None:
+    """Check against the inferred umT5's shapes; names are shown in the file's own layout."""
     config = infer_umt5_config(state_dict, source)
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in UMT5Encoder(config).state_dict().items()}
-    shown = official_to_comfy_key if comfy else (lambda k: k)
-    missing = [k for k in expected if k not in state_dict]
-    if missing:
-        raise TextEncoderError(f"{source}: {len(missing)} umT5 weights missing, e.g. "
-                               f"{[(shown(k), expected[k]) for k in missing[:5]]} (name, expected shape)")
-    unexpected = [k for k in state_dict if k not in expected]
-    if unexpected:
-        raise TextEncoderError(f"{source}: unexpected keys for a {config.num_layers}-layer umT5: {unexpected[:5]}")
-    for key, shape in expected.items():
-        if tuple(state_dict[key].shape) != shape:
-            raise TextEncoderError(f"{source}: '{shown(key)}' has shape {tuple(state_dict[key].shape)}, "
-                                   f"expected {shape} for {config}")
+        expected = shapes_of(UMT5Encoder(config))
+
+    def shown(key: str) -> str:
+        try:
+            return official_to_comfy_key(key) if comfy else key
+        except KeyError:
+            return key
+    check_state_dict({shown(k): v for k, v in state_dict.items()}, {shown(k): s for k, s in expected.items()},
+                     source, f"a {config.num_layers}-layer umT5 encoder", TextEncoderError)
 
 
 def build_umt5(state_dict: Mapping[str, torch.Tensor]) -> UMT5Encoder:

@@ -172,7 +172,7 @@ def taehv_from_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict
     """Build a `TAEHV` from `taew2_1`-layout tensors; without `encoder.*` keys it is decoder-only."""
     shape = infer_taehv_shape(sd, source)
     model = TAEHV(**shape, with_encoder="encoder_width" in shape)
-    check_state_dict(model, sd, source)
+    check_state_dict(sd, model, source, "a TAEHV tiny decoder")
     model.load_state_dict(sd, strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

@@ -395,7 +395,7 @@ def vae_from_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict",
     """Build a `WanVAE` from official-name tensors; without `encoder.*` keys it is decoder-only."""
     cfg = config or infer_vae_config(sd, source)
     vae = WanVAE(cfg, with_encoder=any(k.startswith("encoder.") for k in sd))
-    check_state_dict(vae, sd, source)
+    check_state_dict(sd, vae, source, f"a Wan2.1 VAE (dim {cfg.dim})")
     vae.load_state_dict(sd, strict=True)
     return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

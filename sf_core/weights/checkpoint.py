@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import uuid
-import zipfile
 from collections import Counter
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from sf_core.config import ModelConfig, StreamConfig, infer_config
 from sf_core.model import CausalWanModel
+from sf_core.weights import files
+from sf_core.weights.files import WeightsError, few
 
 FORMAT_VERSION = "1"
 WAN_ANCHOR = "head.modulation"                          # present in every Wan2.1 DiT (ComfyUI's detector key)
@@ -71,20 +70,7 @@ DIFFUSERS_BLOCK = (  # after "blocks.{i}."
     ("ffn.2.", "ffn.net.2."),
 )
 
-# Keys that identify files which are not a DiT: (key suffix, what it is, where it belongs).
-FOREIGN_SIGNATURES = (
-    ("decoder.upsamples.0.upsamples.0.residual.2.weight", "a Wan 2.2 VAE", "models/vae"),
-    ("decoder.middle.0.residual.0.gamma", "a Wan 2.1 VAE", "models/vae"),
-    ("decoder.mid_block.resnets.0.conv1.weight", "a diffusers VAE", "models/vae"),
-    ("encoder.final_layer_norm.weight", "a T5/umT5 text encoder", "models/text_encoders"),
-    ("token_embedding.weight", "the official Wan umT5 text encoder", "models/text_encoders"),
-    ("visual.proj", "a CLIP vision model", "models/clip_vision"),
-    ("vision_model.post_layernorm.weight", "a CLIP vision model", "models/clip_vision"),
-)
-LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora_unet_")
-
-
-class CheckpointError(ValueError):
+class CheckpointError(WeightsError):
     """A checkpoint file cannot be read as a Wan2.1 DiT."""
 
 
@@ -146,12 +132,6 @@ def wan_param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _few(keys, n: int = 4) -> str:
-    keys = list(keys)
-    shown = ", ".join(repr(k) for k in keys[:n])
-    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
-
-
 def _describe(cfg: ModelConfig) -> str:
     return (f"Wan2.1 {cfg.model_type} DiT (dim {cfg.dim}, {cfg.num_layers} layers, ffn {cfg.ffn_dim}, "
             f"{cfg.num_heads} heads)")
@@ -159,23 +139,7 @@ def _describe(cfg: ModelConfig) -> str:
 
 def check_state_dict(sd: dict, cfg: ModelConfig, source: str = "state dict") -> None:
     """Raise CheckpointError naming missing / unexpected keys and shape mismatches against `cfg`."""
-    expected = wan_param_shapes(cfg)
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [(k, tuple(sd[k].shape), s) for k, s in expected.items() if k in sd and tuple(sd[k].shape) != s]
-    if not (missing or unexpected or wrong):
-        return
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_few(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
-    for k, found, want in wrong[:4]:
-        problems.append(f"key {k!r} has shape {list(found)}, expected {list(want)}")
-    if len(wrong) > 4:
-        problems.append(f"{len(wrong) - 4} more shape mismatch(es)")
-    raise CheckpointError(f"{source}: does not match a {_describe(cfg)} "
-                          f"({len(expected)} tensors expected, {len(sd)} found): " + "; ".join(problems))
+    files.check_state_dict(sd, wan_param_shapes(cfg), source, f"a {_describe(cfg)}", CheckpointError)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,7 +167,7 @@ def _rename_all(sd: dict, to_diffusers: bool, source: str) -> dict:
             out[new] = v
     if unmapped:
         direction = "Wan -> diffusers" if to_diffusers else "diffusers -> Wan"
-        raise CheckpointError(f"{source}: {len(unmapped)} key(s) have no {direction} mapping: {_few(unmapped)} "
+        raise CheckpointError(f"{source}: {len(unmapped)} key(s) have no {direction} mapping: {few(unmapped)} "
                               "(only the Wan2.1 T2V DiT is supported)")
     return out
 
@@ -220,19 +184,18 @@ def diffusers_to_wan(sd: dict, source: str = "state dict") -> dict:
 
 def _foreign_hint(keys) -> str:
     """Say what a non-DiT state dict looks like and where it belongs, or '' if unknown."""
-    for suffix, what, folder in FOREIGN_SIGNATURES:
-        if any(k == suffix or k.endswith("." + suffix) for k in keys):
-            return f"; it looks like {what} - put it in {folder} and load it with the matching loader"
-    if any(marker in k for k in keys for marker in LORA_MARKERS):
-        return "; it looks like a LoRA - put it in models/loras and apply it to a loaded model"
-    return ""
+    found = files.identify(keys)
+    if found is None or found[0] == "checkpoint":
+        return ""
+    action = "apply it to a loaded model" if found[0] == "lora" else "load it with the matching loader"
+    return f"; it looks like {found[1]} - put it in {found[2]} and {action}"
 
 
 def _find_prefix(keys, anchor: str, source: str) -> str | None:
     """The prefix in front of `anchor` (e.g. 'model.diffusion_model.'), '' for bare keys, None if absent."""
     prefixes = {k[: -len(anchor)] for k in keys if k == anchor or k.endswith("." + anchor)}
     if len(prefixes) > 1:
-        raise CheckpointError(f"{source}: holds {len(prefixes)} DiTs under the prefixes {_few(sorted(prefixes))}; "
+        raise CheckpointError(f"{source}: holds {len(prefixes)} DiTs under the prefixes {few(sorted(prefixes))}; "
                               "extract one of them first")
     return prefixes.pop() if prefixes else None
 
@@ -248,7 +211,7 @@ def _bare_wan_keys(sd: dict, source: str) -> tuple[dict, str]:
     if prefix is None:
         raise CheckpointError(
             f"{source}: not a Wan2.1 DiT: none of its {len(sd)} keys ends in {WAN_ANCHOR!r} (Wan names) or "
-            f"{DIFFUSERS_ANCHOR!r} (diffusers names); first keys: {_few(sorted(sd))}{_foreign_hint(sd)}")
+            f"{DIFFUSERS_ANCHOR!r} (diffusers names); first keys: {few(sorted(sd))}{_foreign_hint(sd)}")
     sd = _dequantize_fp8({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
     if layout == "diffusers":
         sd = diffusers_to_wan(sd, source)
@@ -287,14 +250,7 @@ def _dequantize_fp8(sd: dict) -> dict:
 
 
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: cannot read safetensors file, it is truncated or corrupt ({e}); "
-                              "download it again") from e
-    return sd, meta
+    return files.read_safetensors(path, CheckpointError)
 
 
 def _read_sharded(index_path: Path) -> tuple[dict, dict]:
@@ -315,22 +271,13 @@ def _read_sharded(index_path: Path) -> tuple[dict, dict]:
     missing = sorted(set(weight_map) - set(sd))
     if missing:
         raise CheckpointError(f"{index_path}: {len(missing)} tensor(s) listed in the index are in no shard: "
-                              f"{_few(missing)}")
+                              f"{few(missing)}")
     return sd, meta
 
 
 def _read_torch(path: Path) -> tuple[dict, dict]:
     """torch.load with weights_only=True; pick the generator out of the official nested dict."""
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to load: the pickle contains Python objects other than tensors and plain "
-            f"containers, which could execute code on load ({str(e).splitlines()[0]}). Only weights-only "
-            "files are accepted; convert a file you trust to safetensors in a separate environment") from e
-    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as e:
-        raise CheckpointError(f"{path}: cannot read PyTorch checkpoint, it is truncated or corrupt ({e}); "
-                              "download it again") from e
+    obj = files.load_torch_file(path, CheckpointError)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     picked = next((name for name in NESTED_PREFERENCE if isinstance(obj.get(name), dict)), None)
@@ -339,16 +286,9 @@ def _read_torch(path: Path) -> tuple[dict, dict]:
     tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         nested = sorted(k for k, v in obj.items() if isinstance(v, dict))
-        raise CheckpointError(f"{path}: no tensors found; top-level keys {_few(sorted(map(str, obj)))}; nested dicts "
+        raise CheckpointError(f"{path}: no tensors found; top-level keys {few(sorted(map(str, obj)))}; nested dicts "
                               f"{nested or 'none'}; expected a state dict or one of {list(NESTED_PREFERENCE)}")
     return tensors, meta
-
-
-def _is_safetensors(path: Path) -> bool:
-    """Content sniffing for renamed files: 8-byte little-endian header size, then a JSON object."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
 
 
 def _resolve(path: Path) -> Path:
@@ -364,7 +304,7 @@ def _resolve(path: Path) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     raise CheckpointError(f"{path}: folder holds {len(candidates)} candidate checkpoint files "
-                          f"({_few(p.name for p in candidates)}); expected {SHARD_INDEX!r}, {SINGLE_FILE!r} "
+                          f"({few(p.name for p in candidates)}); expected {SHARD_INDEX!r}, {SINGLE_FILE!r} "
                           "or exactly one .safetensors file")
 
 
@@ -379,7 +319,7 @@ def load_state_dict(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     name = path.name.lower()
     if name.endswith(".index.json"):
         sd, meta = _read_sharded(path)
-    elif name.endswith(".safetensors") or _is_safetensors(path):
+    elif name.endswith(".safetensors") or files.is_safetensors(path):
         sd, meta = _read_safetensors(path)
     elif name.endswith(".gguf"):
         raise CheckpointError(f"{path}: GGUF files are not supported; use a safetensors or .pt checkpoint")

@@ -296,7 +296,7 @@ def test_missing_and_unknown_keys_are_named(tmp_path, comfy_file):
     missing = dict(tensors)
     del missing["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
     save_file(missing, str(tmp_path / "missing.safetensors"))
-    with pytest.raises(TextEncoderError, match=r"encoder\.block\.1\.layer\.1\.DenseReluDense\.wo\.weight.*\(32, 48\)"):
+    with pytest.raises(TextEncoderError, match=r"encoder\.block\.1\.layer\.1\.DenseReluDense\.wo\.weight.*\[32, 48\]"):
         read_umt5_file(tmp_path / "missing.safetensors")
     extra = dict(tensors, **{"encoder.block.0.layer.2.foo.weight": torch.zeros(2)})
     save_file(extra, str(tmp_path / "extra.safetensors"))
@@ -304,7 +304,7 @@ def test_missing_and_unknown_keys_are_named(tmp_path, comfy_file):
         read_umt5_file(tmp_path / "extra.safetensors")
     wrong = dict(tensors, **{"encoder.block.0.layer.0.layer_norm.weight": torch.ones(31)})
     save_file(wrong, str(tmp_path / "wrong.safetensors"))
-    with pytest.raises(TextEncoderError, match=r"layer_norm.weight' has shape \(31,\), expected \(32,\)"):
+    with pytest.raises(TextEncoderError, match=r"layer_norm.weight' has shape \[31\], expected \[32\]"):
         read_umt5_file(tmp_path / "wrong.safetensors")
 
 

@@ -380,7 +380,7 @@ def wan_vae_keys() -> dict:
 
 
 @pytest.mark.parametrize("keys, looks_like, folder", [
-    (wan_vae_keys(), "a Wan 2.1 VAE", "models/vae"),
+    (wan_vae_keys(), "a Wan2.1 VAE", "models/vae"),
     ({"shared.weight": torch.zeros(8, 4), "encoder.final_layer_norm.weight": torch.zeros(4),
       "encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(4, 4)}, "text encoder", "models/text_encoders"),
     ({"token_embedding.weight": torch.zeros(8, 4), "blocks.0.attn.q.weight": torch.zeros(4, 4)},
@@ -428,7 +428,8 @@ def test_check_reports_missing_unexpected_and_shapes():
         check_state_dict(sd, TINY, "tiny.safetensors")
     msg = str(e.value)
     assert msg.startswith("tiny.safetensors: ")
-    assert "3 missing key(s): 'blocks.0.cross_attn.o.bias', 'blocks.1.norm3.weight', 'blocks.1.ffn.0.bias'" in msg
+    assert ("3 missing key(s): 'blocks.0.cross_attn.o.bias' [256], 'blocks.1.norm3.weight' [256], "
+            "'blocks.1.ffn.0.bias' [512]") in msg
     assert "1 unexpected key(s): 'blocks.0.self_attn.k_img.weight'" in msg
     assert "key 'blocks.1.self_attn.q.weight' has shape [256, 128], expected [256, 256]" in msg
     assert "dim 256, 2 layers" in msg
@@ -503,7 +504,7 @@ def test_load_model_errors_name_file_and_keys(tmp_path):
     assert "'blocks.0.ffn.2.weight' has shape [256, 100], expected [256, 512]" in str(e.value)
     vae = tmp_path / "wan_2.1_vae.safetensors"
     save_file(wan_vae_keys(), vae)
-    with pytest.raises(CheckpointError, match="looks like a Wan 2.1 VAE - put it in models/vae"):
+    with pytest.raises(CheckpointError, match="looks like a Wan2.1 VAE - put it in models/vae"):
         load_model(vae)
 
 
