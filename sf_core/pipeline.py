@@ -17,6 +17,7 @@ from .model import CausalWanModel
 from .noise import NoiseSource, SeededNoise
 from .scheduler import FlowMatchScheduler
 from .state import StreamState
+from sf_core.weights.fingerprint import weights_fingerprint
 
 
 @dataclass
@@ -44,6 +45,8 @@ class StreamingPipeline:
         self.scheduler = FlowMatchScheduler(self.config.shift)
         steps = list(self.config.denoising_steps)
         self.timesteps = self.scheduler.warp(steps) if self.config.warp_denoising_step else [float(s) for s in steps]
+        self.scheduler.tables(self.device)  # the σ tables move to the device once, not inside the chunk loop
+        self._timestep_tensors: dict[tuple, torch.Tensor] = {}
 
     # -- set-up ------------------------------------------------------------------------------------------
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
@@ -72,7 +75,8 @@ class StreamingPipeline:
         cache = KVCache.allocate(self.model.config, context.shape[0], self.model.frame_tokens(h, w),
                                  max_frames, cfg.window, cfg.sink, self.dtype, self.device)
         state = StreamState(cache, context, h, w, noise or SeededNoise(seed),
-                            info={"model": self.model.config.to_json(), "stream": cfg.to_metadata()["sf_stream"]})
+                            info={"model": self.model.config.to_json(), "stream": cfg.to_metadata()["sf_stream"],
+                                  "weights": weights_fingerprint(self.model)})
         if initial_latents is not None:
             self.prefill(state, initial_latents)
         return state
@@ -93,7 +97,13 @@ class StreamingPipeline:
 
     # -- generation --------------------------------------------------------------------------------------
     def _t(self, state: StreamState, frames: int, value: float) -> torch.Tensor:
-        return torch.full((state.batch, frames), value, dtype=torch.float32, device=self.device)
+        """Timesteps [B, frames] = value: one kept tensor per (B, frames, value), never written to, so the
+        model's time-embedding memo recognises it on every pass (5 values per stream)."""
+        key = (state.batch, frames, value)
+        if key not in self._timestep_tensors:
+            self._timestep_tensors[key] = torch.full((state.batch, frames), value, dtype=torch.float32,
+                                                     device=self.device)
+        return self._timestep_tensors[key]
 
     def _cache_pass(self, state: StreamState, x0: torch.Tensor, start: int) -> None:
         t = self._t(state, x0.shape[1], self.config.context_noise)
@@ -101,20 +111,31 @@ class StreamingPipeline:
 
     @torch.no_grad()
     def step(self, state: StreamState, callback: Callable[[int, int], None] | None = None,
-             commit: bool = True) -> Chunk:
+             commit: bool = True, source: torch.Tensor | None = None, first_step: int = 0) -> Chunk:
         """Generate the next chunk and commit it to the cache.
 
         `callback(step, num_steps)` runs after every denoising step (progress, interruption checks).
         `commit=False` skips the cache-update pass — only for the very last chunk of a stream that
         will never be continued (saves one of five passes); the state is then not extendable.
+        `source` (video-to-video, normalised [B, f, C, h, w]): start from these latents noised to step
+        `first_step` (`sf_core.v2v.first_step`) instead of pure noise; past the last step the chunk is `source`.
         """
         if state.info.get("final"):
             raise RuntimeError("this stream ended with commit=False (its last chunk was never cached); "
                                "it cannot be continued — keep commit=True for streams you want to extend")
         cfg, k, start = self.config, state.chunk_index, state.next_frame
         shape = (state.batch, cfg.chunk_frames, self.model.config.in_dim, state.latent_height, state.latent_width)
-        x = state.noise(k, 0, shape, self.dtype, self.device)
-        for j, t in enumerate(self.timesteps):
+        if not 0 <= first_step <= len(self.timesteps) or (source is None and first_step == len(self.timesteps)):
+            raise ValueError(f"first_step {first_step} outside 0..{len(self.timesteps) - (source is None)}")
+        x0 = x = state.noise(k, first_step, shape, self.dtype, self.device) if first_step < len(self.timesteps) else None
+        if source is not None:
+            if tuple(source.shape) != shape:
+                raise ValueError(f"source latents are {tuple(source.shape)}, the chunk is {shape}")
+            x0 = source.to(self.device, self.dtype)
+            if x is not None:
+                x = self.scheduler.add_noise(x0, x, self._t(state, cfg.chunk_frames, self.timesteps[first_step]))
+        for j in range(first_step, len(self.timesteps)):
+            t = self.timesteps[j]
             tt = self._t(state, cfg.chunk_frames, t)
             x0 = self.scheduler.to_x0(x, self.model(x, tt, state.context, state.cache, start), tt)
             if j + 1 < len(self.timesteps):

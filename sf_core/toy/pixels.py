@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .render import LATENT_CHANNELS, LATENT_FACTOR, from_latent
+from .render import LATENT_CHANNELS, LATENT_FACTOR, from_latent, to_latent
 
 
 class PixelDecoder:
@@ -26,3 +26,15 @@ class PixelDecoder:
 
     def clone(self) -> "PixelDecoder":
         return self
+
+
+class PixelEncoder:
+    """The exact inverse of `PixelDecoder` (stateless): `[B, f, 3, 2h, 2w]` in [-1, 1] → `[B, f, 12, h, w]`."""
+
+    spatial_stride = LATENT_FACTOR
+    temporal_stride = 1
+
+    def encode_chunk(self, frames: torch.Tensor) -> torch.Tensor:
+        return to_latent((frames.float() + 1) / 2)
+
+    def reset(self) -> None: ...
