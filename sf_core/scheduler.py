@@ -18,6 +18,16 @@ class FlowMatchScheduler:
         base = torch.linspace(1.0, 0.0, num_train_timesteps + 1)[:-1]
         self.sigmas = shift * base / (1 + (shift - 1) * base)      # [1000] float32, descending
         self.timesteps = self.sigmas * num_train_timesteps          # [1000] float32
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(timesteps, sigmas) on `device`, copied there once: no host-to-device copy per call."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" and the tensors' "cuda:0" share one copy
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device not in self._on_device:
+            self._on_device[device] = (self.timesteps.to(device), self.sigmas.to(device))
+        return self._on_device[device]
 
     def warp(self, steps: Sequence[float]) -> list[float]:
         """Listed steps (e.g. 1000, 750, 500, 250) -> grid timesteps (1000, 937.5, 833.33, 625) at shift s."""
@@ -26,13 +36,13 @@ class FlowMatchScheduler:
 
     def index(self, t: torch.Tensor) -> torch.Tensor:
         """Nearest grid index for each timestep in t (any shape)."""
-        grid = self.timesteps.to(t.device)
+        grid = self.tables(t.device)[0]
         flat = t.reshape(-1).to(grid.dtype)
         return torch.argmin((grid[None, :] - flat[:, None]).abs(), dim=1).view(t.shape)
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         """Grid σ (float32) for timesteps t (any shape)."""
-        return self.sigmas.to(t.device)[self.index(t)]
+        return self.tables(t.device)[1][self.index(t)]
 
     @staticmethod
     def _expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
