@@ -95,22 +95,39 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
     if len(prompts) != frames.shape[0]:
         raise ValueError(f"evaluate: {len(prompts)} prompts for a batch of {frames.shape[0]} videos")
     frames = frames.detach().float().clamp(0, 1)
-    device = frames.device
     b, f, _, h, w = frames.shape
-    unit = min(h, w)
-    batch = _as_batch(prompts).to(device)
-    k = batch.shape.shape[1]
-    present = (batch.shape >= 0)[..., None].expand(-1, -1, f)                 # [B, K, F]
+    batch = _as_batch(prompts).to(frames.device)
     fit = fit_frames(frames, batch, steps=steps)
-    curves: dict[str, torch.Tensor] = {}
-    curves["frame_error"] = ((frames - fit.frames) ** 2).mean((2, 3, 4)).sqrt()
-
     bg = background_image(batch.background, h, w)                             # [B, 3, H, W]
+    curves = {"frame_error": ((frames - fit.frames) ** 2).mean((2, 3, 4)).sqrt()}
     empty = (fit.cover.sum(1) == 0).unsqueeze(2)                                # [B, F, 1, H, W]
     sq = ((frames - bg.unsqueeze(1)) ** 2 * empty).sum((2, 3, 4))
     curves["background_error"] = (sq / (3 * empty.sum((2, 3, 4))).clamp(min=1)).sqrt()
+    v = _visibility(fit, batch, f, min(h, w))
+    curves.update(_colour_curves(frames, batch, bg, v))
+    curves["shape_accuracy"] = _object_mean((v.seen & _prompted_shape_wins(frames, batch, fit, bg)).float(),
+                                            v.judged)
+    curves["presence"] = _object_mean(v.found.float(), v.present)
+    curves["sharpness"] = _gradient_energy(frames) / _gradient_energy(fit.frames).clamp(min=1e-6)
+    change = (frames.diff(dim=1) - fit.frames.diff(dim=1)) ** 2
+    curves["flicker"] = torch.cat([torch.full((b, 1), float("nan"), device=frames.device),
+                                   change.mean((2, 3, 4)).sqrt()], 1)
+    curves["motion_error"], motion_accuracy = _motion(fit, batch, v, h, w)
+    return ToyMetrics(curves, _per_clip(curves, motion_accuracy, window))
 
-    # Visible coverage of each object (objects later in the prompt are in front).
+
+@dataclass
+class _Visibility:
+    present: torch.Tensor   # [B, K, F] the prompt has object k
+    found: torch.Tensor     # [B, K, F] the fit found enough of it
+    seen: torch.Tensor      # [B, K, F] found and at least one pixel visible
+    judged: torch.Tensor    # [B, K, F] counted (hidden objects are not judged)
+    visible: torch.Tensor   # [B, K, F, H, W] visible coverage (objects later in the prompt are in front)
+
+
+def _visibility(fit, batch: SceneBatch, f: int, unit: int) -> _Visibility:
+    k = batch.shape.shape[1]
+    present = (batch.shape >= 0)[..., None].expand(-1, -1, f)
     front = torch.ones_like(fit.cover[:, :1])
     visible = torch.empty_like(fit.cover)
     for j in reversed(range(k)):
@@ -119,31 +136,37 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
     area = visible.sum((-1, -2))                                                # [B, K, F] pixels
     found = present & (fit.mass >= 0.5 * math.pi * (SIZE_LIMITS[0] * unit) ** 2)  # half the smallest object
     seen = found & (area >= 1)
-    judged = present & (seen | ~found)                                          # hidden objects are not judged
+    return _Visibility(present, found, seen, present & (seen | ~found), visible)
 
-    interior = (visible >= 0.9).unsqueeze(3)                                    # [B, K, F, 1, H, W]
+
+def _colour_curves(frames: torch.Tensor, batch: SceneBatch, bg: torch.Tensor, v: _Visibility) -> dict:
+    """colour_error, opacity and colour_accuracy of each object's fully visible interior."""
+    interior = (v.visible >= 0.9).unsqueeze(3)                                  # [B, K, F, 1, H, W]
     n_in = interior.sum((-1, -2, -3))                                           # [B, K, F]
     mean_colour = (frames.unsqueeze(1) * interior).sum((-1, -2)) / n_in.clamp(min=1)[..., None]  # [B, K, F, 3]
     bg_mean = bg.mean((-1, -2))[:, None, None, :]
     observed = torch.where((n_in > 0)[..., None], mean_colour, bg_mean)        # a lost object shows background
-    curves["colour_error"] = _object_mean((observed - batch.colour[:, :, None]).norm(dim=-1), judged)
     d = batch.colour[..., None, None] - bg.unsqueeze(1)                        # [B, K, 3, H, W]
     along = ((frames - bg.unsqueeze(1)).unsqueeze(1) * d.unsqueeze(2)).sum(3)  # [B, K, F, H, W]
     alpha = along / (d * d).sum(2, keepdim=True).clamp(min=1e-6)
     inside = interior.squeeze(3)                                                # [B, K, F, H, W]
     opacity = (alpha.clamp(0, 1) * inside).sum((-1, -2)) / inside.sum((-1, -2)).clamp(min=1)
-    curves["opacity"] = _object_mean(opacity, judged & (n_in > 0))
-    palette = torch.tensor(list(OBJECT_COLOURS.values()), device=device)                      # [P, 3]
+    palette = torch.tensor(list(OBJECT_COLOURS.values()), device=frames.device)  # [P, 3]
     nearest = (observed[..., None, :] - palette).norm(dim=-1).argmin(-1)       # [B, K, F]
     prompt_colour = (batch.colour[:, :, None] - palette).norm(dim=-1).argmin(-1)  # [B, K]
-    colour_ok = seen & (n_in > 0) & (nearest == prompt_colour[..., None])
-    curves["colour_accuracy"] = _object_mean(colour_ok.float(), judged)
+    colour_ok = v.seen & (n_in > 0) & (nearest == prompt_colour[..., None])
+    return {"colour_error": _object_mean((observed - batch.colour[:, :, None]).norm(dim=-1), v.judged),
+            "opacity": _object_mean(opacity, v.judged & (n_in > 0)),
+            "colour_accuracy": _object_mean(colour_ok.float(), v.judged)}
 
-    # Shape: the prompted shape must explain the frame strictly better than either other shape.
+
+def _prompted_shape_wins(frames: torch.Tensor, batch: SceneBatch, fit, bg: torch.Tensor) -> torch.Tensor:
+    """[B, K, F]: the prompted shape explains the frame strictly better than either other shape."""
+    f, (h, w) = frames.shape[1], frames.shape[-2:]
     errs = []
     for kind in range(len(SHAPES)):
         alt = []
-        for j in range(k):
+        for j in range(batch.shape.shape[1]):
             shape = batch.shape.clone()
             shape[:, j] = torch.where(shape[:, j] >= 0, kind, -1)
             img = composite(coverage(fit.cx, fit.cy, fit.size, shape, h, w), batch.colour, bg)
@@ -151,24 +174,25 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
         errs.append(torch.stack(alt, 1))                                        # [B, K, F]
     errs = torch.stack(errs)                                                    # [S, B, K, F]
     own = errs.gather(0, batch.shape.clamp(min=0)[None, ..., None].expand(1, -1, -1, f)).squeeze(0)
-    others = torch.where(torch.arange(len(SHAPES), device=device).view(-1, 1, 1, 1) == batch.shape[None, ..., None],
-                         float("inf"), errs).amin(0)
-    curves["shape_accuracy"] = _object_mean((seen & (own < others)).float(), judged)
-    curves["presence"] = _object_mean(found.float(), present)
+    kinds = torch.arange(len(SHAPES), device=frames.device).view(-1, 1, 1, 1)
+    others = torch.where(kinds == batch.shape[None, ..., None], float("inf"), errs).amin(0)
+    return own < others
 
-    g = _gradient_energy(frames)
-    curves["sharpness"] = g / _gradient_energy(fit.frames).clamp(min=1e-6)
-    change = (frames.diff(dim=1) - fit.frames.diff(dim=1)) ** 2
-    curves["flicker"] = torch.cat([torch.full((b, 1), float("nan"), device=device), change.mean((2, 3, 4)).sqrt()], 1)
 
-    families = fit_motions(fit.cx, fit.cy, fit.size, seen)                    # [M, 3, B, K, F]
+def _motion(fit, batch: SceneBatch, v: _Visibility, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(motion_error curve [B, F], motion_accuracy per clip [B]) against the fitted trajectory families."""
+    f = v.seen.shape[-1]
+    families = fit_motions(fit.cx, fit.cy, fit.size, v.seen)                  # [M, 3, B, K, F]
     dist = trajectory_distance(families, fit.cx, fit.cy, fit.size, h, w)      # [M, B, K, F]
     own_motion = dist.gather(0, batch.motion[None, ..., None].expand(1, -1, -1, f)).squeeze(0)
-    curves["motion_error"] = _object_mean(own_motion, seen)
-    per_family = torch.where(seen, dist, 0).sum(-1) / seen.sum(-1).clamp(min=1)  # [M, B, K]
-    motion_ok = (per_family.argmin(0) == batch.motion) & seen.any(-1)
-    motion_accuracy = torch.where(present[..., 0], motion_ok.float(), 0).sum(1) / present[..., 0].sum(1)
+    per_family = torch.where(v.seen, dist, 0).sum(-1) / v.seen.sum(-1).clamp(min=1)  # [M, B, K]
+    motion_ok = (per_family.argmin(0) == batch.motion) & v.seen.any(-1)
+    present = v.present[..., 0]
+    accuracy = torch.where(present, motion_ok.float(), 0).sum(1) / present.sum(1)
+    return _object_mean(own_motion, v.seen), accuracy
 
+
+def _per_clip(curves: dict, motion_accuracy: torch.Tensor, window: int | None) -> dict[str, torch.Tensor]:
     clip = {name: c.nanmean(1) for name, c in curves.items()}
     clip["motion_accuracy"] = motion_accuracy
     clip["adherence"] = (clip["shape_accuracy"] + clip["colour_accuracy"] + motion_accuracy) / 3
@@ -176,7 +200,7 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
         curve = curves[name][:, 1:] if name == "flicker" else curves[name]   # flicker starts at t = 1
         for key, value in accumulation(curve, window).items():
             clip[f"{name}_{key}"] = value
-    return ToyMetrics(curves, clip)
+    return clip
 
 
 def evaluate_latents(latents: torch.Tensor, prompts: list, **kwargs) -> ToyMetrics:
