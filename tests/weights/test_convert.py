@@ -13,7 +13,7 @@ from safetensors import safe_open
 from sf_core.weights.checkpoint import load_state_dict
 from sf_core.config import ModelConfig, StreamConfig
 from sf_core.weights.convert import main
-from tests.weights.test_checkpoint import TINY, assert_same, diffusers_name, random_sd, wan_vae_keys, write_layout
+from sf_core.testing.layouts import TINY, assert_same, diffusers_name, random_sd, wan_vae_keys, write_layout
 
 REPO = Path(__file__).resolve().parents[2]
 
