@@ -61,6 +61,12 @@ def _gate(x: torch.Tensor, gate: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 ROPE_MODES = ("exact", "fast")
+TIME_MEMO_SIZE = 16  # time embeddings kept per model (a stream uses 5: 4 denoising steps + the cache pass)
+
+
+def _tracing() -> bool:
+    """Inside torch.compile or a CUDA-graph capture, where a Python-side memo must not be consulted."""
+    return torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def rope_freqs(frames: int, height: int, width: int, head_dim: int, start_frame: int, device,
@@ -215,6 +221,7 @@ class CausalWanModel(nn.Module):
         self.head = Head(cfg)
         if cfg.model_type == "i2v":
             self.img_emb = ImageEmbedding(cfg)
+        self._time_memo: dict | None = {}  # see embed_time; None turns the reuse off
 
     # -- shared pieces ----------------------------------------------------------------------------------
     @property
@@ -233,7 +240,29 @@ class CausalWanModel(nn.Module):
         return x.flatten(2).transpose(1, 2), grid
 
     def embed_time(self, t: torch.Tensor, frames: int):
-        """t [B, F] or [B] -> e [B, F, D], e0 [B, F, 6, D]."""
+        """t [B, F] or [B] -> e [B, F, D], e0 [B, F, 6, D].
+
+        Without autograd, the result for a timestep tensor seen before (the same tensor object, unmodified,
+        same time-path weights) is reused: a stream has 5 timestep values, each passed as one tensor that the
+        pipeline keeps, so the time MLP runs 5 times per stream instead of 5 times per chunk."""
+        memo = self._time_memo
+        key = None
+        if memo is not None and not torch.is_grad_enabled() and not _tracing():
+            key = (id(t), t._version, frames, tuple((p.data_ptr(), p.dtype, p._version) for p in self._time_params()))
+            hit = memo.get(key)
+            if hit is not None and hit[0] is t:
+                return hit[1], hit[2]
+        e, e0 = self._embed_time(t, frames)
+        if key is not None:
+            memo[key] = (t, e, e0)  # holds t, so its id cannot be reused while the entry lives
+            while len(memo) > TIME_MEMO_SIZE:
+                memo.pop(next(iter(memo)))
+        return e, e0
+
+    def _time_params(self):
+        return (*self.time_embedding.parameters(), *self.time_projection.parameters())
+
+    def _embed_time(self, t: torch.Tensor, frames: int):
         if t.dim() == 1:
             t = t[:, None].expand(-1, frames)
         b = t.shape[0]

@@ -152,15 +152,25 @@ class StreamingPipeline:
         state.chunk_index += 1
         return Chunk(k, start, x0)
 
+    @torch.no_grad()
+    def commit(self, state: StreamState, chunk: Chunk) -> None:
+        """Run the cache-update pass that `step(commit=False)` skipped for `chunk` (the stream's last), so
+        the stream can be continued after all; the cache then equals that of `step(commit=True)`."""
+        if not state.info.get("final") or chunk.start_frame + chunk.latents.shape[1] != state.next_frame:
+            raise RuntimeError("commit() takes the last chunk of a stream made with step(commit=False)")
+        self._cache_pass(state, chunk.latents, chunk.start_frame)
+        del state.info["final"]
+
     def stream(self, state: StreamState, num_chunks: int | None = None,
-               prompts: dict[int, PromptSwitch] | None = None) -> Iterator[Chunk]:
-        """Yield chunks until `num_chunks` more have been made (None: until the caller stops)."""
+               prompts: dict[int, PromptSwitch] | None = None, commit_last: bool = True) -> Iterator[Chunk]:
+        """Yield chunks until `num_chunks` more have been made (None: until the caller stops).
+        `commit_last=False` skips the last chunk's cache-update pass (see `step`)."""
         made = 0
         while num_chunks is None or made < num_chunks:
             switch = (prompts or {}).get(state.chunk_index)
             if switch is not None:
                 self.switch_prompt(state, switch.context, switch.recache)
-            yield self.step(state)
+            yield self.step(state, commit=commit_last or num_chunks is None or made + 1 < num_chunks)
             made += 1
 
     # -- prompts -------------------------------------------------------------------------------------------

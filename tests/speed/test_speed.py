@@ -11,7 +11,7 @@ from sf_core.config import StreamConfig
 from sf_core.speed.fp8 import Fp8Linear, block_linears, fp8_quantize, simulate_fp8_weights_, to_fp8_linears_
 from sf_core.model import CausalWanModel
 from sf_core.speed.overlap import decode_overlapped, decode_sequential
-from sf_core.pipeline import StreamingPipeline
+from sf_core.pipeline import Chunk, StreamingPipeline
 from sf_core.rope import apply_rope, fast_freqs, apply_rope_fast, grid_freqs
 from sf_core.vae.taehv import TAEHV, StreamingTAEHVDecoder
 
@@ -169,6 +169,22 @@ def test_uncommitted_last_chunk_saves_one_forward_and_keeps_the_output(tiny_mode
     assert (n_full, len(calls)) == (10, 9)
     assert all(torch.equal(a, b) for a, b in zip(full, short))
     assert state.info["final"]
+
+
+def test_commit_after_an_uncommitted_last_chunk_equals_committing_it(tiny_model):
+    pipe = StreamingPipeline(tiny_model, StreamConfig())
+    a = pipe.start(_ctx(), 32, 32, seed=1, max_frames=9)
+    b = pipe.start(_ctx(), 32, 32, seed=1, max_frames=9)
+    pipe.step(a)
+    pipe.step(b)
+    pipe.step(a)
+    last = pipe.step(b, commit=False)
+    with pytest.raises(RuntimeError, match="last chunk"):
+        pipe.commit(b, Chunk(0, 0, last.latents))
+    pipe.commit(b, last)
+    assert "final" not in b.info
+    assert torch.equal(a.cache.k, b.cache.k) and torch.equal(a.cache.v, b.cache.v)
+    assert torch.equal(pipe.step(a).latents, pipe.step(b).latents)
 
 
 # -- (f) overlapped decoding ------------------------------------------------------------------------------------
