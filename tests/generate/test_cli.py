@@ -57,7 +57,7 @@ def _model_args(files, decoder="vae"):
 
 
 def _env(tmp_path):
-    return {**os.environ, "OMP_NUM_THREADS": "1", "SF_CACHE_DIR": str(tmp_path / "cache"),
+    return {**os.environ, "OMP_NUM_THREADS": "1",
             "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
@@ -67,8 +67,7 @@ def _cli(args, tmp_path, **kw):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SF_CACHE_DIR", str(tmp_path / "cache"))
+def _one_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
