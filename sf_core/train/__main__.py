@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "export":
         parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the run's latest)")
         parser.add_argument("--out", required=True, help="output .safetensors")
+        parser.add_argument("--lora", action="store_true",
+                            help="write only the LoRA adapters (for generate --lora / SF LoRA), not merged weights")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.lr_generator=1e-5")
     args = parser.parse_args(argv)
 
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if command == "export":
-        return _export(cfg, args.checkpoint, args.out)
+        return _export(cfg, args.checkpoint, args.out, args.lora)
     if command == "encode":
         import json
 
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _export(cfg, checkpoint, out) -> int:
+def _export(cfg, checkpoint, out, lora_only: bool = False) -> int:
     import json
     from pathlib import Path
 
@@ -52,6 +54,8 @@ def _export(cfg, checkpoint, out) -> int:
     if path is None:
         print(f"no checkpoint found under {cfg.run.output_dir}/checkpoints", file=sys.stderr)
         return 2
+    if lora_only:
+        return _export_lora(cfg, path, out)
     with safe_open(str(path / "generator.safetensors"), "pt") as f:  # shapes only, LoRA names folded
         shapes = {k.replace(".base.", "."): f.get_slice(k).get_shape() for k in f.keys() if "lora_" not in k}
     try:
@@ -61,6 +65,22 @@ def _export(cfg, checkpoint, out) -> int:
     scale = cfg.lora.alpha / cfg.lora.rank if cfg.lora.enabled else None
     export_from_checkpoint(path, out, model_config, cfg.stream_config(), scale, DTYPES[cfg.model.dtype])
     print(json.dumps({"exported": str(out), "from": str(path)}))
+    return 0
+
+
+def _export_lora(cfg, path, out) -> int:
+    import json
+
+    from sf_core.config import DTYPES
+
+    from .checkpointing import load_ema_state, read_tensors
+    from .lora import export_lora
+    if not cfg.lora.enabled:
+        print("--lora: this config trains no LoRA (lora.enabled is false)", file=sys.stderr)
+        return 2
+    sd, _ = read_tensors(path / "generator.safetensors")
+    export_lora(sd, load_ema_state(path), out, cfg.lora.alpha, cfg.lora.rank, DTYPES[cfg.model.dtype])
+    print(json.dumps({"exported": str(out), "from": str(path), "lora": True}))
     return 0
 
 

@@ -64,3 +64,19 @@ def merge_lora_state_dict(sd: dict[str, torch.Tensor], scale: float) -> dict[str
             key = f"{prefix}.{name}"
         out[key] = value
     return out
+
+
+def export_lora(generator_sd: dict[str, torch.Tensor], ema_sd: dict[str, torch.Tensor] | None, path,
+                alpha: float, rank: int, dtype: torch.dtype = torch.bfloat16):
+    """Write only the adapters (EMA values where present) as a LoRA file: `X.lora_a`, `X.lora_b`, metadata
+    `sf_lora` = {"alpha", "rank"}; `sf_core.weights.lora.read_lora` (CLI `--lora`, node SF LoRA) reads it."""
+    import json
+
+    from sf_core.weights.checkpoint import write_safetensors_atomic
+    from sf_core.weights.lora import META_KEY
+    adapters = {k: (ema_sd or {}).get(k, v).to(dtype).contiguous() for k, v in generator_sd.items()
+                if k.endswith((".lora_a", ".lora_b"))}
+    if not adapters:
+        raise ValueError("this checkpoint has no LoRA adapters (train with lora.enabled=true)")
+    write_safetensors_atomic(adapters, path, {META_KEY: json.dumps({"alpha": alpha, "rank": rank})})
+    return path
