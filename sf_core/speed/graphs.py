@@ -6,15 +6,19 @@ bookkeeping (plan, eviction, Python-int indices) runs eagerly; only `model.forwa
 or replayed. For one cache plan (write slots, read range) its shapes and buffer addresses are fixed, so:
 
 * compile: RoPE rotations are passed in as a tensor, so the compiled code does not specialise on the
-  chunk position; it specialises on the plan ints (a global 21-frame cache has 7 plans, a rolling cache
-  one in steady state);
-* CUDA graphs: one graph per plan, captured on first use and replayed for the other passes of that plan
-  (4 denoising passes + cache pass per chunk; every later chunk in a full rolling window). Captured only
-  when the cross-attention cache is ready and autograd is off; otherwise the call runs eagerly.
+  chunk position; the plan ints become dynamic after their first change, so a stream compiles a bounded
+  number of times whatever its length (tests/speed/test_graphs.py counts them);
+* CUDA graphs: one graph per (plan, buffers) key, captured on first use and replayed for the other passes
+  of that plan (4 denoising passes + cache pass per chunk; every later chunk in a full rolling window).
+  The key holds the address and shape of every tensor the graph reads or writes in place — self-attention
+  K and V, cross-attention K and V — plus the static input shapes, so two caches in one process never
+  replay each other's graphs. With `compile=True` the compiled function is what gets captured. Captured
+  only when the cross-attention cache is ready and autograd is off; otherwise the call runs eagerly.
 With both off, the result is bitwise the plain model's.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +26,8 @@ import torch.nn as nn
 
 from sf_core.cache import KVCache
 from sf_core.model import CausalWanModel, rope_freqs
+
+MAX_GRAPHS = 64  # captured graphs kept (least recently used dropped): 21 plans for a frame-wise 81-frame clip
 
 
 @dataclass
@@ -33,17 +39,34 @@ class _Captured:
     out: torch.Tensor      # static output, cloned after each replay
 
 
+def _buffer(t: torch.Tensor) -> tuple:
+    return t.data_ptr(), tuple(t.shape), t.dtype
+
+
+def graph_key(x: torch.Tensor, t: torch.Tensor, freqs: torch.Tensor, cache: KVCache, cross_cache: KVCache) -> tuple:
+    """Everything a captured graph bakes in: the static input shapes, the cache plan, and the address, shape and
+    dtype of every buffer it reads or writes in place (self-attention K/V, cross-attention K/V)."""
+    p = cache._plan
+    return ((tuple(x.shape), x.dtype, tuple(t.shape), tuple(freqs.shape), freqs.dtype),
+            (p.write_start, p.write_end, p.read_start),
+            tuple(_buffer(b) for b in (cache.k, cache.v, cross_cache.cross_k, cross_cache.cross_v)))
+
+
 class FastForward(nn.Module):
     """The model's chunk forward with optional `torch.compile` (any device) and CUDA graphs (CUDA only)."""
 
     def __init__(self, model: CausalWanModel, compile: bool = False, compile_mode: str | None = None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, compile_backend: str = "inductor"):
         super().__init__()
+        if compile and cuda_graphs and compile_mode in ("reduce-overhead", "max-autotune"):
+            raise ValueError(f"compile mode {compile_mode!r} records its own CUDA graphs; with cuda_graphs=True "
+                             "use the default mode or 'max-autotune-no-cudagraphs'")
         self.model = model
         self.cuda_graphs = cuda_graphs
-        self._planned = torch.compile(model.forward_planned, mode=compile_mode) if compile else model.forward_planned
-        self._graphs: dict[tuple, _Captured] = {}
-        self._graph_cache_ptr: int | None = None
+        self._planned = (torch.compile(model.forward_planned, mode=compile_mode, backend=compile_backend)
+                         if compile else model.forward_planned)
+        self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self._freqs: tuple | None = None  # (key, rotations) of the last chunk position
         self._pool = None
 
     # what StreamingPipeline reads off a model
@@ -62,6 +85,16 @@ class FastForward(nn.Module):
     def graphs_captured(self) -> int:
         return len(self._graphs)
 
+    def rope(self, x: torch.Tensor, start_frame: int) -> torch.Tensor:
+        """RoPE rotations of the chunk x [B, F, C, H, W] at `start_frame`; the 5 passes of a chunk share one."""
+        _, f, _, h, w = x.shape
+        _, ph, pw = self.model.config.patch_size
+        key = (f, h // ph, w // pw, start_frame, x.device, self.model.rope)
+        if self._freqs is None or self._freqs[0] != key:
+            self._freqs = key, rope_freqs(f, h // ph, w // pw, self.model.config.head_dim, start_frame, x.device,
+                                          self.model.rope)
+        return self._freqs[1]
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cache: KVCache | None = None,
                 start_frame: int = 0) -> torch.Tensor:
         model = self.model
@@ -69,9 +102,7 @@ class FastForward(nn.Module):
             return self._planned(x, t, context, None, None, start_frame)
         cross_cache = model.cross_cache_for(cache)
         model.begin_cache(cache, x, start_frame)
-        _, _, _, h, w = x.shape
-        _, ph, pw = model.config.patch_size
-        freqs = rope_freqs(x.shape[1], h // ph, w // pw, model.config.head_dim, start_frame, x.device, model.rope)
+        freqs = self.rope(x, start_frame)
         graphable = (self.cuda_graphs and x.device.type == "cuda" and cross_cache is not None
                      and cross_cache.cross_ready and not torch.is_grad_enabled())
         if graphable:
@@ -86,14 +117,13 @@ class FastForward(nn.Module):
 
     # -- CUDA graphs ----------------------------------------------------------------------------------------
     def _replay(self, x, t, cache: KVCache, cross_cache: KVCache, freqs) -> torch.Tensor:
-        if self._graph_cache_ptr != cache.k.data_ptr():  # graphs bake buffer addresses: new cache, new graphs
-            self._graphs.clear()
-            self._graph_cache_ptr = cache.k.data_ptr()
-        p = cache._plan
-        key = (tuple(x.shape), tuple(t.shape), x.dtype, freqs.dtype, p.write_start, p.write_end, p.read_start)
+        key = graph_key(x, t, freqs, cache, cross_cache)
         cap = self._graphs.get(key)
         if cap is None:
             cap = self._graphs[key] = self._capture(x, t, cache, cross_cache, freqs)
+            while len(self._graphs) > MAX_GRAPHS:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
         cap.x.copy_(x)
         cap.t.copy_(t)
         cap.freqs.copy_(freqs)
@@ -101,10 +131,12 @@ class FastForward(nn.Module):
         return cap.out.clone()
 
     def _capture(self, x, t, cache, cross_cache, freqs) -> _Captured:
-        """Warm up on a side stream, then capture. Both write this plan's K/V slots with exactly the values
-        the replay that follows writes again, so the cache ends up as after one eager call."""
+        """Warm up on a side stream (this is where `compile` compiles), then capture the same function. Both
+        write this plan's K/V slots with exactly the values the replay that follows writes again, so the
+        cache ends up as after one eager call. Capture errors are thread-local, so a decoder running in
+        another thread (overlapped decode) does not invalidate it."""
         sx, st, sf = x.clone(), t.clone(), freqs.clone()
-        run = lambda: self.model.forward_planned(sx, st, None, cache, cross_cache, 0, None, sf)  # noqa: E731
+        run = lambda: self._planned(sx, st, None, cache, cross_cache, 0, None, sf)  # noqa: E731
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(device=x.device)
@@ -113,6 +145,6 @@ class FastForward(nn.Module):
             run()
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             out = run()
         return _Captured(graph, sx, st, sf, out)
