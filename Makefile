@@ -17,7 +17,7 @@ $(VENV)/.sf_ok: requirements.txt
 setup: $(VENV)/.sf_ok
 
 demo: setup
-	$(VENV)/bin/python -m sf_core.generate --out outputs/demo.mp4
+	$(VENV)/bin/python -m sf_core.generate --out outputs/demo.mp4 --overwrite
 
 test:
 	bash scripts/install_comfyui.sh $(COMFY_VENV)

@@ -79,12 +79,9 @@ class SFLoadStream:
 
         path = folder_paths.get_annotated_filepath(state_file)
         state = StreamState.load(path, device=sf_model.device, dtype=sf_model.dtype)
-        saved_model = json.loads(state.info.get("model", "{}"))
-        ours = json.loads(sf_model.model.config.to_json())
-        if saved_model and {k: saved_model.get(k) for k in ours} != ours:
-            raise ValueError(f"{state_file} was made with a different model ({saved_model}); this one is {ours}")
         config = StreamConfig.from_metadata({"sf_stream": state.info["stream"]}) if "stream" in state.info \
             else sf_model.stream_config
+        state.check_compatible(sf_model.model, config, state_file)
         extra = json.loads(state.info.get("sf_nodes", "{}"))
         context = SFContext(state.context, None, sf_context.encode if sf_context is not None else None)
         return (SFStream(state, sf_model, sf_vae, context, config, extra.get("fps", 16.0), extra.get("frames", 0)),)

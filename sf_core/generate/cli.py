@@ -7,7 +7,6 @@ Ctrl-C finishes the chunk in progress and closes the file; a second Ctrl-C stops
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import signal
@@ -20,12 +19,17 @@ import torch
 
 from sf_core.generate import files as model_files
 from sf_core.generate.files import ModelFiles
+from sf_core.generate import checks
+from sf_core.generate.checks import UsageError
 from sf_core.generate.bundle import FileProblem, decoder_class, load_bundle, problem
 from sf_core.config import DTYPES, LONG_DTYPE_NAMES, ModelConfig, StreamConfig
 from sf_core.pipeline import PromptSwitch, StreamingPipeline
 from sf_core.media.recording import VideoRecorder, channels_last
 from sf_core.media.timing import chunk_at_time, chunks_for_frames, decoder_frame_counts
-from sf_core.state import StateError, StreamState
+from sf_core.state import StateError, StreamState, read_header
+from sf_core.generate.outputs import RunOutputs
+from sf_core.numerics import NonFiniteError, check_finite
+from sf_core.media.outputs import reason
 
 EXAMPLES = """\
 examples:
@@ -55,10 +59,6 @@ models/diffusion_models, umT5 in models/text_encoders, the VAE in models/vae, TA
 
 OFFICIAL_CHUNKS = 7  # 21 latent frames, the official clip length (81 frames)
 UNTIL_STOPPED_WINDOW = 21
-
-
-class UsageError(ValueError):
-    """Options that do not fit together; printed as one line, exit code 2."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=float, help="frame rate of the mp4 (default 16; the toy model's own rate)")
     g.add_argument("--out", type=Path, default=Path("output.mp4"), help="mp4 to write (default output.mp4)")
     g.add_argument("--png-dir", type=Path, help="also write every frame as frame_000000.png ... into this folder")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out, --save-state or PNG frames (default: refuse, so no run "
+                        "destroys another's output)")
 
     g = p.add_argument_group("sampling (defaults: the checkpoint's stored settings, else the official ones)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
@@ -149,6 +152,12 @@ class Plan:
     save_state: Path | None
     resume_state: Path | None
     notes: list[str] = field(default_factory=list)
+    overwrite: bool = False                   # replace existing --out / --png-dir frames / --save-state
+    first_frame: int = 0                      # frames the resumed stream wrote before this run
+
+    def outputs(self) -> RunOutputs:
+        return RunOutputs(self.out, self.png_dir, self.save_state, self.resume_state, self.overwrite,
+                          self.first_frame)
 
     def describe(self) -> str:
         s = self.stream
@@ -157,8 +166,8 @@ class Plan:
             ("checkpoint", self.files.checkpoint),
             ("text encoder", self.files.text_encoder or f"{self.files.text_kind} {self.files.text_options}"),
             ("decoder", f"{self.files.decoder_kind}: {self.files.decoder or 'built in'}"),
-            ("prompt", self.prompt),
-            *((f"prompt at chunk {k}", f"{p!r}" + (" (recache)" if r else "")) for k, (p, r) in sorted(self.switches.items())),
+            ("prompt", checks.shown(self.prompt)),
+            *((f"prompt at chunk {k}", checks.shown(p) + (" (recache)" if r else "")) for k, (p, r) in sorted(self.switches.items())),
             ("size", f"{self.width}x{self.height}"),
             ("length", "until stopped (Ctrl-C)" if self.chunks is None else
              f"{self.chunks} chunks" + (f", trimmed to {self.frame_limit} frames" if self.frame_limit else "")),
@@ -238,17 +247,16 @@ def resolve_files(args) -> ModelFiles:
 
 def resolve_prompt(args, defaults: dict) -> str:
     if args.prompt_file is None:
-        return args.prompt if args.prompt is not None else defaults.get("prompt", "")
-    try:
-        return args.prompt_file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise UsageError(f"--prompt-file {args.prompt_file}: cannot read it ({exc.strerror})") from None
+        return checks.prompt_text("--prompt", args.prompt) if args.prompt is not None else defaults.get("prompt", "")
+    return checks.prompt_file(args.prompt_file)
 
 
 def resolve_stream(args, files: ModelFiles, notes: list[str]) -> tuple[StreamConfig, str]:
     """The checkpoint's stored stream settings (else the official ones) with the command line on top."""
     stored = _stored_stream_config(files.checkpoint) if files.checkpoint.is_file() else None
     stream, source = (stored, "checkpoint metadata") if stored else (StreamConfig(), "official defaults")
+    if stored:
+        checks.stream_settings(stored, f"--checkpoint {files.checkpoint}: its sf_stream metadata")
     overrides = {k: v for k, v in (("chunk_frames", args.chunk_frames), ("shift", args.shift),
                                    ("window", args.window), ("sink", args.sink)) if v is not None}
     if args.steps is not None:
@@ -258,8 +266,7 @@ def resolve_stream(args, files: ModelFiles, notes: list[str]) -> tuple[StreamCon
     if args.until_stopped and stream.window == -1:
         stream = replace(stream, window=UNTIL_STOPPED_WINDOW)
         notes.append(f"--until-stopped needs a rolling cache: using --window {UNTIL_STOPPED_WINDOW}")
-    if stream.chunk_frames < 1:
-        raise UsageError(f"--chunk-frames must be at least 1, got {stream.chunk_frames}")
+    checks.stream_settings(stream, "the command line")
     return stream, source
 
 
@@ -292,12 +299,13 @@ def resolve_switches(args, fps: float, counts: tuple[int, int], chunks: int | No
         if chunks is not None and k >= chunks:
             notes.append(f"--prompt-at {when} falls at chunk {k}, after the last chunk ({chunks - 1}): ignored")
             continue
-        switches[k] = (text, args.recache)
+        switches[k] = (checks.prompt_text(f"--prompt-at {when}", text), args.recache)
     return switches
 
 
 def resolve_size(args, defaults: dict, multiple: int) -> tuple[int, int]:
-    width, height = args.width or defaults.get("width", 832), args.height or defaults.get("height", 480)
+    width = args.width if args.width is not None else defaults.get("width", 832)
+    height = args.height if args.height is not None else defaults.get("height", 480)
     if width <= 0 or height <= 0 or width % multiple or height % multiple:
         raise UsageError(f"--width/--height must be positive multiples of {multiple}, got {width}x{height}; "
                          f"nearest: {max(multiple, round(width / multiple) * multiple)}x"
@@ -306,7 +314,7 @@ def resolve_size(args, defaults: dict, multiple: int) -> tuple[int, int]:
 
 
 def resolve_device(args) -> tuple[str, torch.dtype]:
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = checks.device(args.device) if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.dtype == "auto":
         return device, torch.bfloat16 if device.startswith("cuda") else torch.float32
     return device, DTYPES[args.dtype]
@@ -317,13 +325,13 @@ def resolve(args) -> Plan:
     files = resolve_files(args)
     defaults, notes = files.defaults, []
     prompt = resolve_prompt(args, defaults)
-    if args.resume_state is not None:
-        check_file_state(args.resume_state)
+    header = resume_header(args.resume_state) if args.resume_state is not None else None
     stream, source = resolve_stream(args, files, notes)
-    fps = args.fps or defaults.get("fps", 16)
-    if fps <= 0:
-        raise UsageError(f"--fps must be positive, got {fps}")
+    fps = args.fps if args.fps is not None else defaults.get("fps", 16)
     decoder = decoder_class(files)
+    if header is not None:  # continue at the size the stream was made at
+        stride = decoder.spatial_stride
+        defaults = {**defaults, "width": header["latent_width"] * stride, "height": header["latent_height"] * stride}
     counts = decoder_frame_counts(decoder, stream.chunk_frames)
     chunks, frame_limit = resolve_length(args, defaults, fps, counts)
     switches = resolve_switches(args, fps, counts, chunks, notes)
@@ -332,14 +340,23 @@ def resolve(args) -> Plan:
     # every Wan DiT patches 2×2 pixels of latent; the pipeline checks the loaded model's patch again
     width, height = resolve_size(args, defaults, decoder.spatial_stride * ModelConfig().patch_size[1])
     device, dtype = resolve_device(args)
-    return Plan(files, prompt, args.prompt is not None or args.prompt_file is not None, args.recache, switches,
+    plan = Plan(files, prompt, args.prompt is not None or args.prompt_file is not None, args.recache, switches,
                 width, height, fps, chunks, frame_limit, stream, source, args.seed, device, dtype, args.out,
                 args.png_dir, args.save_state, args.resume_state, notes)
+    plan.overwrite = args.overwrite
+    plan.first_frame = int(header["info"].get("frames_written", 0)) if header is not None else 0
+    plan.outputs().check()
+    return plan
 
 
-def check_file_state(path: Path) -> None:
+def resume_header(path: Path) -> dict:
+    """The validated header of a `--resume-state` file (no tensors read)."""
     if not path.is_file():
         raise UsageError(f"--resume-state {path}: not found (write one with --save-state)")
+    try:
+        return read_header(path)
+    except StateError as exc:
+        raise UsageError(f"--resume-state {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -347,24 +364,30 @@ def check_file_state(path: Path) -> None:
 
 
 class GracefulStop:
-    """First Ctrl-C: finish the chunk in progress, then stop. Second Ctrl-C: KeyboardInterrupt at once."""
+    """First Ctrl-C or SIGTERM (`docker stop`, systemd): finish the chunk in progress, then stop.
+    A second one: KeyboardInterrupt at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal: int | None = None  # the first signal received
+        self._previous = {}
 
     def __enter__(self) -> "GracefulStop":
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after the chunk in progress (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        self.requested, self.signal = True, signum
+        print(f"\n{signal.Signals(signum).name}: stopping after the chunk in progress (again to stop at once)",
+              file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 class Progress:
@@ -404,10 +427,23 @@ def _encode(bundle, prompts: list[str], text_dim: int, files: ModelFiles) -> dic
     if context.shape[-1] != text_dim:
         raise problem("text_encoder", files.text_encoder,
                       f"produces {context.shape[-1]}-dim embeddings but the checkpoint expects text_dim {text_dim}")
+    if not bool(torch.isfinite(context).all()):
+        raise problem("text_encoder", files.text_encoder, "produces NaN/Inf embeddings (damaged weights, or a "
+                      "float16 overflow: try --dtype bfloat16)")
     return {p: context[i:i + 1] for i, p in enumerate(unique)}
 
 
 def run(plan: Plan) -> int:
+    """Claim the outputs first (nothing loads unless they can be written), then stream into them."""
+    outputs = plan.outputs()
+    recorder = outputs.open(plan.fps)
+    try:
+        return _stream(plan, recorder)
+    finally:
+        outputs.release(recorder)
+
+
+def _stream(plan: Plan, recorder: VideoRecorder) -> int:
     decoder_dtype = plan.dtype if plan.device.startswith("cuda") else torch.float32
     bundle = load_bundle(plan.files, plan.device, plan.dtype, decoder_dtype, plan.stream)
     model, decoder = bundle.model, bundle.decoder
@@ -429,13 +465,16 @@ def run(plan: Plan) -> int:
 
     print(f"writing {plan.out}" + (f" and {plan.png_dir}/" if plan.png_dir else ""), file=sys.stderr, flush=True)
     progress = Progress(plan.chunks)
-    recorder = VideoRecorder(plan.out, plan.fps, plan.png_dir, first_index=state.info.get("frames_written", 0))
+    culprits = {"dit": {f"--checkpoint {plan.files.checkpoint}": model},
+                "decoder": {f"the decoder {plan.files.decoder or plan.files.decoder_kind}": _weights(decoder)}}
     interrupted = False
     try:
         with GracefulStop() as stop:
             started = time.perf_counter()
             for chunk in pipe.stream(state, plan.chunks, switches):
+                _check(plan, recorder, f"chunk {chunk.index - base}", chunk.latents, culprits["dit"])
                 frames = decoder.decode_chunk(chunk.latents)[0]  # [T, 3, H, W] in [-1, 1]
+                _check(plan, recorder, f"decoded chunk {chunk.index - base}", frames, culprits["decoder"])
                 if plan.frame_limit is not None:
                     frames = frames[: plan.frame_limit - recorder.frames_written]
                 recorder.write(channels_last(frames))
@@ -457,26 +496,52 @@ def run(plan: Plan) -> int:
         else:
             state.extras = {"vae." + k: v for k, v in decoder.state_dict().items()}
             state.info["frames_written"] = state.info.get("frames_written", 0) + recorder.frames_written
-            state.save(plan.save_state)
+            try:
+                state.save(plan.save_state)
+            except OSError as exc:
+                print(f"error: --save-state {plan.save_state}: cannot write it ({reason(exc)}); the stream state "
+                      f"is lost, the video {plan.out} is complete", file=sys.stderr)
+                return 2
             print(f"saved the stream state to {plan.save_state}", file=sys.stderr)
     return 130 if interrupted else 0
+
+
+def _weights(decoder) -> torch.nn.Module:
+    """The module holding a chunk decoder's weights (an empty one for weightless decoders)."""
+    return next((m for m in (getattr(decoder, a, None) for a in ("vae", "model")) if isinstance(m, torch.nn.Module)),
+                torch.nn.Module())
+
+
+def _check(plan: Plan, recorder: VideoRecorder, what: str, x: torch.Tensor, culprits: dict) -> None:
+    """Stop with one line on NaN/Inf, saying what the video keeps."""
+    try:
+        check_finite(what, x, culprits, plan.dtype)
+    except NonFiniteError as exc:
+        kept = f"{plan.out} keeps the {recorder.frames_written} frame(s) before it" if recorder.frames_written \
+            else "nothing was written"
+        raise NonFiniteError(f"{exc}; {kept}") from None
 
 
 def _resume(plan: Plan, pipe: StreamingPipeline, decoder, contexts) -> StreamState:
     try:
         state = StreamState.load(plan.resume_state, device=plan.device, dtype=plan.dtype)
     except StateError as exc:
+        raise UsageError(f"--resume-state {exc}") from None
+    stride = decoder.spatial_stride
+    try:
+        state.check_compatible(pipe.model, plan.stream, f"--resume-state {plan.resume_state}",
+                               (plan.height // stride, plan.width // stride))
+    except StateError as exc:
         raise UsageError(str(exc)) from None
-    saved = json.loads(state.info.get("stream", "{}"))
-    for key in ("chunk_frames", "window", "sink"):
-        if key in saved and saved[key] != getattr(plan.stream, key):
-            raise UsageError(f"--resume-state {plan.resume_state}: the stream was made with {key}={saved[key]}, "
-                             f"this run has {key}={getattr(plan.stream, key)}; they must match")
     if state.info.get("decoder", plan.files.decoder_kind) != plan.files.decoder_kind:
         raise UsageError(f"--resume-state {plan.resume_state}: made with decoder {state.info['decoder']!r}, "
                          f"this run uses {plan.files.decoder_kind!r}")
     vae_state = {k[len("vae."):]: v for k, v in state.extras.items() if k.startswith("vae.")}
-    decoder.load_state_dict(vae_state)
+    try:
+        decoder.load_state_dict(vae_state)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"--resume-state {plan.resume_state}: its decoder state does not fit this decoder "
+                         f"({type(exc).__name__}: {str(exc)[:200]}); resume with the decoder it was made with") from None
     if plan.prompt_given:  # otherwise the saved prompt carries on
         pipe.switch_prompt(state, contexts[plan.prompt], plan.recache)
     if plan.chunks is not None:
@@ -487,6 +552,7 @@ def _resume(plan: Plan, pipe: StreamingPipeline, decoder, contexts) -> StreamSta
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        checks.numbers(args)
         plan = resolve(args)
         if args.dry_run:
             print(plan.describe())

@@ -5,7 +5,9 @@ frame, `flush_packets`) and every `write` call starts with a keyframe. Consequen
 
 * `close()` (also on exceptions / Ctrl-C through the context manager) writes every frame;
 * if the process is killed outright (SIGKILL, power loss) the file still plays and holds every frame
-  written so far except at most the very last one (its fragment is closed by the next frame).
+  written so far except at most the very last one (its fragment is closed by the next frame);
+* if a write fails (disk full, quota), the mp4 is cut back to its last complete fragment and
+  `OutputError` says how many frames it keeps; a PNG that failed leaves no temporary file behind.
 
 Frames are `[T, H, W, 3]` uint8, or float in [-1, 1]. Odd sizes are padded by one edge pixel (yuv420p).
 No ComfyUI import: the nodes can reuse this as is.
@@ -19,6 +21,8 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+
+from sf_core.media.outputs import OutputError, reason
 
 MOVFLAGS = "frag_every_frame+empty_moov+default_base_moof"  # every encoded frame reaches disk at once
 CODEC_PREFERENCE = ("libx264", "mpeg4")
@@ -82,6 +86,8 @@ class VideoRecorder:
         self.size: tuple[int, int] | None = None  # (H, W) of the frames given
         self._container = None
         self._stream = None
+        self._complete_bytes = 0  # mp4 size after the last complete write call
+        self.failed = False
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.png_dir is not None:
@@ -91,6 +97,8 @@ class VideoRecorder:
     def write(self, frames) -> int:
         """Append `[T, H, W, 3]` frames as one fragment; returns how many were written."""
         frames = to_uint8_frames(frames)
+        if self.failed:
+            raise OutputError("this recorder stopped after a failed write")
         if frames.shape[0] == 0:
             return 0
         size = (int(frames.shape[1]), int(frames.shape[2]))
@@ -101,7 +109,11 @@ class VideoRecorder:
         if self.png_dir is not None:
             self._write_pngs(frames)
         if self.path is not None:
-            self._encode(frames)
+            try:
+                self._encode(frames)
+            except OSError as exc:
+                raise self._cut_back("writing", exc) from None
+            self._complete_bytes = os.path.getsize(self.path)
         self.frames_written += frames.shape[0]
         return frames.shape[0]
 
@@ -137,8 +149,15 @@ class VideoRecorder:
         for i, array in enumerate(frames):
             target = self.png_dir / f"frame_{self.first_index + self.frames_written + i:06d}.png"
             tmp = target.with_name(f".{target.name}.tmp")
-            Image.fromarray(array).save(tmp, format="PNG")
-            os.replace(tmp, target)
+            try:
+                Image.fromarray(array).save(tmp, format="PNG")
+                os.replace(tmp, target)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                self.failed = True
+                kept = self.frames_written + i
+                raise OutputError(f"writing {target} failed ({reason(exc)}); {self.png_dir} keeps the {kept} "
+                                  f"frame(s) before it") from None
 
     # -- closing ---------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -149,14 +168,41 @@ class VideoRecorder:
         try:
             for packet in self._stream.encode(None):
                 container.mux(packet)
-        finally:
             container.close()
+        except OSError as exc:
+            self._container = container
+            raise self._cut_back("closing", exc) from None
+
+    def _cut_back(self, doing: str, exc: OSError) -> OutputError:
+        """After a failed mp4 write: drop the partial fragment, say how many frames the file keeps."""
+        self.failed = True
+        container, self._container = self._container, None
+        try:
+            container.close()
+        except (OSError, av.error.FFmpegError):
+            pass
+        try:
+            os.truncate(self.path, self._complete_bytes)
+        except OSError:
+            pass
+        kept = count_frames(self.path)
+        return OutputError(f"{doing} {self.path} failed ({reason(exc)}); it keeps the first {kept} frame(s), "
+                           "which play")
 
     def __enter__(self) -> "VideoRecorder":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Complete video frames in an mp4 (demuxed, not decoded); 0 for an empty or unreadable file."""
+    try:
+        with av.open(str(path)) as container:
+            return sum(1 for p in container.demux(container.streams.video[0]) if p.size)
+    except (OSError, av.error.FFmpegError, IndexError):
+        return 0
 
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:

@@ -33,7 +33,7 @@ def tokenize(prompt: str) -> list[str]:
     tokens = prompt.lower().replace(",", " , ").split()
     unknown = [t for t in tokens if t not in VOCAB]
     if unknown:
-        raise ValueError(f"toy text encoder: unknown words {unknown} in {prompt!r}; vocabulary: {list(VOCAB)}")
+        raise ValueError(f"toy text encoder: unknown words {unknown[:10]} in the prompt; vocabulary: {list(VOCAB)}")
     return tokens
 
 
@@ -71,7 +71,7 @@ class ToyTextEncoder:
         for b, prompt in enumerate(prompts):
             tokens = tokenize(prompt)
             if len(tokens) > self.max_len:
-                raise ValueError(f"toy text encoder: {len(tokens)} tokens > max_len {self.max_len}: {prompt!r}")
+                raise ValueError(f"toy text encoder: {len(tokens)} tokens > max_len {self.max_len}: {prompt[:80]!r}")
             s = 0
             for i, t in enumerate(tokens):
                 s += t in SEPARATORS
