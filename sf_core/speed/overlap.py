@@ -1,4 +1,4 @@
-"""Generate and decode a stream with decoding of chunk k overlapping the denoising of chunk k+1.
+"""Decode a stream chunk by chunk, optionally with decoding of chunk k overlapping the denoising of chunk k+1.
 
 A producer thread runs `pipeline.step` (at most one chunk ahead, so memory stays bounded) while the
 calling thread decodes and yields. First-frame latency is unchanged (chunk 0 is decoded as soon as it
@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 from contextlib import nullcontext
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -22,16 +22,24 @@ from sf_core.state import StreamState
 _DONE = object()
 
 
-def _chunks_needing_commit(num_chunks: int, commit_last: bool) -> list[bool]:
-    return [commit_last or i + 1 < num_chunks for i in range(num_chunks)]
+def decode_stream(chunks: Iterator[Chunk], decoder, device, overlap: bool = False,
+                  stop: Callable[[], bool] | None = None) -> Iterator[tuple[Chunk, torch.Tensor]]:
+    """(chunk, frames [B, T, 3, H, W]) for the chunks of `chunks` (e.g. `pipe.stream(...)`, prompt switches
+    included), decoded in order; with `overlap`, the DiT of chunk k+1 runs while chunk k decodes.
+
+    `stop()` is asked before each next chunk is started: once it is true no new chunk is made, and every chunk
+    already made is still decoded and yielded (so the stream state always matches what was yielded)."""
+    if overlap:
+        yield from _overlapped(chunks, decoder, torch.device(device), stop)
+    else:
+        for chunk in _until(chunks, stop):
+            yield chunk, decoder.decode_chunk(chunk.latents)
 
 
 def decode_sequential(pipe: StreamingPipeline, state: StreamState, decoder, num_chunks: int,
                       commit_last: bool = True) -> Iterator[tuple[Chunk, torch.Tensor]]:
     """The plain loop: step, decode, yield (chunk, frames [B, T, 3, H, W])."""
-    for commit in _chunks_needing_commit(num_chunks, commit_last):
-        chunk = pipe.step(state, commit=commit)
-        yield chunk, decoder.decode_chunk(chunk.latents)
+    return decode_stream(pipe.stream(state, num_chunks, commit_last=commit_last), decoder, pipe.device)
 
 
 def decode_overlapped(pipe: StreamingPipeline, state: StreamState, decoder, num_chunks: int,
@@ -40,13 +48,28 @@ def decode_overlapped(pipe: StreamingPipeline, state: StreamState, decoder, num_
 
     `commit_last=False` skips the cache-update pass of the last chunk (the stream then cannot be continued).
     """
+    return decode_stream(pipe.stream(state, num_chunks, commit_last=commit_last), decoder, pipe.device,
+                         overlap=True)
+
+
+def _until(chunks: Iterator[Chunk], stop: Callable[[], bool] | None) -> Iterator[Chunk]:
+    chunks = iter(chunks)
+    while stop is None or not stop():
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield chunk
+
+
+def _overlapped(chunks: Iterator[Chunk], decoder, device: torch.device,
+                stop: Callable[[], bool] | None) -> Iterator[tuple[Chunk, torch.Tensor]]:
     handoff: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    cuda = pipe.device.type == "cuda"
-    dit_stream = torch.cuda.Stream(device=pipe.device) if cuda else None
+    closed = threading.Event()
+    cuda = device.type == "cuda"
+    dit_stream = torch.cuda.Stream(device=device) if cuda else None
 
     def put(item) -> bool:
-        while not stop.is_set():
+        while not closed.is_set():
             try:
                 handoff.put(item, timeout=0.05)
                 return True
@@ -57,10 +80,7 @@ def decode_overlapped(pipe: StreamingPipeline, state: StreamState, decoder, num_
     def produce() -> None:
         try:
             with torch.cuda.stream(dit_stream) if cuda else nullcontext():
-                for commit in _chunks_needing_commit(num_chunks, commit_last):
-                    if stop.is_set():
-                        return
-                    chunk = pipe.step(state, commit=commit)
+                for chunk in _until(chunks, lambda: closed.is_set() or (stop is not None and stop())):
                     ready = None
                     if cuda:
                         ready = torch.cuda.Event()
@@ -82,10 +102,9 @@ def decode_overlapped(pipe: StreamingPipeline, state: StreamState, decoder, num_
                 raise item
             chunk, ready = item
             if ready is not None:
-                torch.cuda.current_stream(pipe.device).wait_event(ready)
-                chunk.latents.record_stream(torch.cuda.current_stream(pipe.device))
+                torch.cuda.current_stream(device).wait_event(ready)
+                chunk.latents.record_stream(torch.cuda.current_stream(device))
             yield chunk, decoder.decode_chunk(chunk.latents)
     finally:
-        stop.set()
+        closed.set()
         worker.join()
-

@@ -10,8 +10,8 @@ from sf_core.cache import KVCache
 from sf_core.config import StreamConfig
 from sf_core.speed.fp8 import Fp8Linear, block_linears, fp8_quantize, simulate_fp8_weights_, to_fp8_linears_
 from sf_core.model import CausalWanModel
-from sf_core.speed.overlap import decode_overlapped, decode_sequential
-from sf_core.pipeline import Chunk, StreamingPipeline
+from sf_core.speed.overlap import decode_overlapped, decode_sequential, decode_stream
+from sf_core.pipeline import Chunk, PromptSwitch, StreamingPipeline
 from sf_core.rope import apply_rope, fast_freqs, apply_rope_fast, grid_freqs
 from sf_core.vae.taehv import TAEHV, StreamingTAEHVDecoder
 
@@ -203,6 +203,23 @@ def test_overlapped_decode_equals_sequential(tiny_model, commit_last):
     assert len(results[1]) == 3 and [f.shape[1] for _, f in results[1]] == [9, 12, 12]
     for (la, fa), (lb, fb) in zip(*results):
         assert torch.equal(la, lb) and torch.equal(fa, fb)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_stop_request_yields_every_chunk_already_made(tiny_model, overlap):
+    """What the CLI's graceful stop relies on: after stop() turns true no chunk is started, and the state
+    has advanced by exactly the chunks yielded (prompt switches included), so --save-state is consistent."""
+    pipe = StreamingPipeline(tiny_model, StreamConfig())
+    state = pipe.start(_ctx(), 32, 32, seed=1, max_frames=30)
+    ref = pipe.start(_ctx(), 32, 32, seed=1, max_frames=30)
+    switches = {1: PromptSwitch(_ctx() * 2, recache=True)}
+    yielded = []
+    for chunk, frames in decode_stream(pipe.stream(state, None, switches), _decoder(), "cpu", overlap,
+                                       stop=lambda: len(yielded) >= 2):
+        yielded.append(chunk)
+    assert len(yielded) == state.chunk_index and 2 <= len(yielded) <= 4
+    expected = [c.latents for c in pipe.stream(ref, len(yielded), switches)]
+    assert all(torch.equal(a.latents, b) for a, b in zip(yielded, expected))
 
 
 def test_overlapped_decode_propagates_errors_and_stops_early(tiny_model):

@@ -1,0 +1,78 @@
+"""`off | safe | max` + switches -> concrete settings per device, and `accelerate` applying them."""
+import pytest
+import torch
+
+from sf_core.config import StreamConfig
+from sf_core.pipeline import StreamingPipeline
+from sf_core.speed.graphs import FastForward
+from sf_core.speed.settings import Capabilities, SpeedError, SpeedSettings, accelerate, resolve_speed
+from sf_core.testing.tiny import TINY_DIT
+
+CPU = Capabilities(cuda=False, compiler=False, fp8_matmul=False, flash=False, cudnn_attention=False, sm90=False)
+H100 = Capabilities(cuda=True, compiler=True, fp8_matmul=True, flash=False, cudnn_attention=True, sm90=True)
+A100_FLASH = Capabilities(cuda=True, compiler=True, fp8_matmul=False, flash=True, cudnn_attention=True, sm90=False)
+
+
+def _resolve(level, caps, **over):
+    return resolve_speed(level, "cpu", torch.bfloat16, over, caps)
+
+
+def test_levels_per_device():
+    assert _resolve("off", H100) == SpeedSettings("off")
+    safe = _resolve("safe", H100)
+    assert (safe.cuda_graphs, safe.overlap_decode, safe.skip_last_cache_pass) == (True, True, True)
+    assert safe.output_preserving and not (safe.compile or safe.fp8 or safe.rope or safe.attention)
+    cpu_safe = _resolve("safe", CPU)
+    assert (cpu_safe.cuda_graphs, cpu_safe.overlap_decode, cpu_safe.skip_last_cache_pass) == (False, False, True)
+    assert any("cuda graphs: off" in n for n in cpu_safe.notes)
+    mx = _resolve("max", H100)
+    assert (mx.compile, mx.cuda_graphs, mx.fp8, mx.rope, mx.attention) == (True, True, True, "fast", "cudnn")
+    assert not mx.output_preserving and "bf16 tolerance" in mx.describe()
+    a100 = _resolve("max", A100_FLASH)
+    assert (a100.fp8, a100.attention) == (False, None)  # no fp8 tensor cores; flash-attn is the default kernel
+    assert any("fp8: off" in n for n in a100.notes)
+    cpu_max = _resolve("max", CPU)
+    assert (cpu_max.compile, cpu_max.fp8, cpu_max.rope) == (False, False, "fast")
+
+
+def test_explicit_switches_win_and_impossible_ones_are_refused():
+    s = _resolve("safe", CPU, compile=True, overlap_decode=True)
+    assert s.compile and s.overlap_decode and not any(n.startswith(("compile", "overlap")) for n in s.notes)
+    assert not _resolve("max", H100, cuda_graphs=False, fp8=False).cuda_graphs
+    with pytest.raises(SpeedError, match="--device cuda"):
+        _resolve("off", CPU, cuda_graphs=True)
+    with pytest.raises(SpeedError, match="8.9"):
+        _resolve("off", A100_FLASH, fp8=True)
+    with pytest.raises(SpeedError, match="expected one of"):
+        _resolve("fastest", CPU)
+    assert "identical" in _resolve("safe", CPU).describe()
+
+
+def test_accelerate_leaves_the_model_alone_and_reuses_its_forward(tiny_model):
+    assert accelerate(tiny_model, SpeedSettings("off")) is tiny_model
+    settings = _resolve("max", CPU, attention="math")
+    fast = accelerate(tiny_model, settings)
+    assert isinstance(fast, FastForward) and accelerate(tiny_model, settings) is fast
+    assert fast.model.rope == "fast" and tiny_model.rope == "exact"
+    assert {b.self_attn.backend for b in fast.model.blocks} == {"math"}
+    assert {b.self_attn.backend for b in tiny_model.blocks} == {"sdpa"}
+    assert all(a is b for a, b in zip(fast.model.parameters(), tiny_model.parameters())), "weights shared"
+
+
+def test_safe_output_is_bitwise_the_plain_path(tiny_model):
+    outs = []
+    for forward in (tiny_model, accelerate(tiny_model, _resolve("safe", CPU))):
+        pipe = StreamingPipeline(forward, StreamConfig(window=6, sink=1))
+        state = pipe.start(torch.randn(1, 5, TINY_DIT.text_dim, generator=torch.Generator().manual_seed(5)),
+                           32, 32, seed=1)
+        outs.append([pipe.step(state).latents for _ in range(3)])
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_fp8_twin_swaps_its_own_linears_only(tiny_model):
+    try:
+        fast = accelerate(tiny_model, SpeedSettings("max", fp8=True))
+    except RuntimeError as e:  # pragma: no cover - depends on the torch build
+        pytest.skip(f"fp8 unavailable: {e}")
+    assert type(fast.model.blocks[0].ffn[0]).__name__ == "Fp8Linear"
+    assert isinstance(tiny_model.blocks[0].ffn[0], torch.nn.Linear)
