@@ -100,11 +100,15 @@ class KVCache:
         (by at least half the capacity, so a chain of k extensions reallocates O(log k) times) and copies
         only the tokens in use, so call it between chunks, never inside the hot loop.
         """
-        need = frames * self.frame_tokens
-        if self.rolling or need <= self.capacity:
-            return
-        grown = max(need, -(-3 * self.capacity // 2 // self.frame_tokens) * self.frame_tokens)
-        self._move_to(grown)
+        if self.reserved_frames(frames) * self.frame_tokens != self.capacity:
+            self._move_to(self.reserved_frames(frames) * self.frame_tokens)
+
+    def reserved_frames(self, frames: int) -> int:
+        """The capacity in latent frames `reserve(frames)` leaves (to size the memory it needs beforehand)."""
+        have = self.capacity // self.frame_tokens
+        if self.rolling or frames <= have:
+            return have
+        return max(frames, -(-3 * have // 2))
 
     def _move_to(self, capacity: int) -> None:
         """Own fresh buffers of `capacity` tokens holding this cache's tokens (leaves any sharer alone)."""

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 
 from sf_core.weights.files import WeightsError, check_state_dict, load_torch_file, shapes_of
 from sf_core.text.tokenizer import TokenizerError, UMT5Tokenizer, find_spiece_model
+from sf_core.text.fp8 import LINEAR_WEIGHT, SCALE_SUFFIX, scale_key, swap_in_fp8_linears
 from sf_core.text.umt5 import UMT5Config, UMT5Encoder
 
 SPIECE_KEY = "spiece_model"
@@ -117,19 +118,25 @@ def _weight(tensors: Mapping[str, torch.Tensor], key: str, dtype: torch.dtype) -
     """Read one tensor; fp8 weights are multiplied by their `scale_weight` (default 1) in float32, then cast."""
     tensor = tensors[key]
     if tensor.dtype in FP8_DTYPES:
-        scale_key = key[: -len("weight")] + "scale_weight"
         tensor = tensor.float()
-        if scale_key in tensors:
-            tensor = tensor * tensors[scale_key].float()
+        if scale_key(key) in tensors:
+            tensor = tensor * tensors[scale_key(key)].float()
     return tensor.to(dtype).contiguous()
 
 
-def read_umt5_file(path: str | Path, dtype: torch.dtype | None = None
+def _stored_fp8(tensors: Mapping[str, torch.Tensor], key: str, official: str) -> dict[str, torch.Tensor]:
+    """An fp8 linear weight as stored plus its float32 scale (1 when the file has none), under official names."""
+    scale = tensors[scale_key(key)].float() if scale_key(key) in tensors else torch.ones(())
+    return {official: tensors[key].contiguous(), scale_key(official): scale}
+
+
+def read_umt5_file(path: str | Path, dtype: torch.dtype | None = None, keep_fp8: bool = False
                    ) -> tuple[dict[str, torch.Tensor], bytes | None]:
     """Read a umT5 encoder file in either layout.
 
     Returns the state dict under official Wan names (fp8 dequantised; everything cast to `dtype`, by default the
-    dtype of the final norm) and the embedded SentencePiece model bytes (None if the file has none).
+    dtype of the final norm) and the embedded SentencePiece model bytes (None if the file has none). With
+    `keep_fp8`, fp8 linear weights stay fp8, each with its `<layer>.scale_weight` (see `sf_core.text.fp8`).
     """
     path = Path(path)
     with _open_tensors(path) as tensors:
@@ -156,9 +163,15 @@ def read_umt5_file(path: str | Path, dtype: torch.dtype | None = None
         if norm_key not in tensors:
             raise TextEncoderError(f"{path}: final norm '{norm_key}' missing")
         dtype = dtype or tensors[norm_key].dtype  # ComfyUI's rule for the unquantised dtype
-        state_dict = {official: _weight(tensors, key, dtype) for key, official in names.items()}
+        state_dict = {}
+        for key, official in names.items():
+            if keep_fp8 and tensors[key].dtype in FP8_DTYPES and LINEAR_WEIGHT.match(official):
+                state_dict.update(_stored_fp8(tensors, key, official))
+            else:
+                state_dict[official] = _weight(tensors, key, dtype)
         spiece = tensors[SPIECE_KEY].numpy().tobytes() if SPIECE_KEY in tensors else None
-    _check_state_dict(state_dict, str(path), comfy=norm_key.startswith("encoder."))
+    _check_state_dict({k: v for k, v in state_dict.items() if not k.endswith(SCALE_SUFFIX)}, str(path),
+                      comfy=norm_key.startswith("encoder."))
     return state_dict, spiece
 
 
@@ -199,9 +212,11 @@ def _check_state_dict(state_dict: Mapping[str, torch.Tensor], source: str, comfy
 
 
 def build_umt5(state_dict: Mapping[str, torch.Tensor]) -> UMT5Encoder:
-    """An eval-mode, grad-free `UMT5Encoder` holding the given (official-name) tensors without copying them."""
+    """An eval-mode, grad-free `UMT5Encoder` holding the given (official-name) tensors without copying them
+    (linears with a `scale_weight` keep their fp8 weights: `sf_core.text.fp8`)."""
     with torch.device("meta"):
         model = UMT5Encoder(infer_umt5_config(state_dict))
+        swap_in_fp8_linears(model, state_dict)
     model.load_state_dict(state_dict, assign=True)
     return model.eval().requires_grad_(False)
 
@@ -244,9 +259,10 @@ class TextEncoder:
     @classmethod
     def load(cls, path: str | Path, tokenizer: str | Path | None = None, dtype: torch.dtype | None = torch.bfloat16,
              device: str | torch.device = "cpu", offload: bool = False, cache_size: int = 16,
-             seq_len: int = 512) -> "TextEncoder":
-        """Load a ComfyUI `umt5_xxl_*.safetensors` (fp8 included) or official `.pth`; `dtype=None` keeps the file's."""
-        state_dict, embedded = read_umt5_file(path, dtype)
+             seq_len: int = 512, keep_fp8: bool = False) -> "TextEncoder":
+        """Load a ComfyUI `umt5_xxl_*.safetensors` (fp8 included) or official `.pth`; `dtype=None` keeps the file's.
+        `keep_fp8`: a scaled-fp8 file's linear weights stay fp8 in memory (same outputs, about half the bytes)."""
+        state_dict, embedded = read_umt5_file(path, dtype, keep_fp8)
         tok = load_tokenizer(path, embedded, tokenizer, seq_len)
         return cls(build_umt5(state_dict), tok, device=device, offload=offload, cache_size=cache_size)
 
