@@ -19,7 +19,7 @@ import torch
 
 from sf_core.generate import files as model_files
 from sf_core.generate.files import ModelFiles
-from sf_core.generate import checks
+from sf_core.generate import checks, inputs
 from sf_core.generate.checks import UsageError
 from sf_core.generate.bundle import FileProblem, decoder_class, load_bundle, problem
 from sf_core.config import DTYPES, LONG_DTYPE_NAMES, ModelConfig, StreamConfig
@@ -48,6 +48,10 @@ examples:
   # change the prompt at 5 s and again at chunk 8 (re-encoding the cache under the new prompt)
   python -m sf_core.generate --prompt "a cat sleeps" --prompt-at 5s "the cat wakes up" \\
       --prompt-at c8 "the cat jumps off the sofa" --recache --seconds 12
+
+  # restyle a video chunk by chunk (length, size and fps follow it), with a LoRA at strength 0.8
+  python -m sf_core.generate --models-dir ComfyUI/models --input-video in.mp4 --strength 0.9 \\
+      --lora ComfyUI/models/loras/style.safetensors:0.8 --prompt "an oil painting" --out styled.mp4
 
   # continue a saved stream later
   python -m sf_core.generate --chunks 7 --save-state s.safetensors --out part1.mp4
@@ -127,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-state", type=Path, help="save the stream state at the end (continue with --resume-state)")
     g.add_argument("--resume-state", type=Path, help="continue a stream saved with --save-state (same model files)")
     g.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    inputs.add_arguments(p)
     return p
 
 
@@ -154,6 +159,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     overwrite: bool = False                   # replace existing --out / --png-dir frames / --save-state
     first_frame: int = 0                      # frames the resumed stream wrote before this run
+    v2v: inputs.V2VInput | None = None        # --input-video
+    loras: list[tuple[Path, float]] = field(default_factory=list)   # --lora FILE:STRENGTH, merged
 
     def outputs(self) -> RunOutputs:
         return RunOutputs(self.out, self.png_dir, self.save_state, self.resume_state, self.overwrite,
@@ -168,6 +175,7 @@ class Plan:
             ("decoder", f"{self.files.decoder_kind}: {self.files.decoder or 'built in'}"),
             ("prompt", checks.shown(self.prompt)),
             *((f"prompt at chunk {k}", checks.shown(p) + (" (recache)" if r else "")) for k, (p, r) in sorted(self.switches.items())),
+            *inputs.describe(self.v2v, self.loras),
             ("size", f"{self.width}x{self.height}"),
             ("length", "until stopped (Ctrl-C)" if self.chunks is None else
              f"{self.chunks} chunks" + (f", trimmed to {self.frame_limit} frames" if self.frame_limit else "")),
@@ -324,6 +332,9 @@ def resolve(args) -> Plan:
     """All options resolved against the model's defaults; loads nothing large."""
     files = resolve_files(args)
     defaults, notes = files.defaults, []
+    video, loras = inputs.probe_input(args), inputs.resolve_loras(args)
+    if video is not None:
+        defaults = inputs.source_defaults(video, defaults, decoder_class(files).spatial_stride * 2, notes)
     prompt = resolve_prompt(args, defaults)
     header = resume_header(args.resume_state) if args.resume_state is not None else None
     stream, source = resolve_stream(args, files, notes)
@@ -334,6 +345,9 @@ def resolve(args) -> Plan:
         defaults = {**defaults, "width": header["latent_width"] * stride, "height": header["latent_height"] * stride}
     counts = decoder_frame_counts(decoder, stream.chunk_frames)
     chunks, frame_limit = resolve_length(args, defaults, fps, counts)
+    v2v = None
+    if video is not None:
+        v2v, chunks, frame_limit = inputs.v2v_length(args, video, chunks, frame_limit, counts)
     switches = resolve_switches(args, fps, counts, chunks, notes)
     if 0 in switches and args.resume_state is None:
         prompt = switches.pop(0)[0]
@@ -344,6 +358,7 @@ def resolve(args) -> Plan:
                 width, height, fps, chunks, frame_limit, stream, source, args.seed, device, dtype, args.out,
                 args.png_dir, args.save_state, args.resume_state, notes)
     plan.overwrite = args.overwrite
+    plan.v2v, plan.loras = v2v, loras
     plan.first_frame = int(header["info"].get("frames_written", 0)) if header is not None else 0
     plan.outputs().check()
     return plan
@@ -447,6 +462,7 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
     decoder_dtype = plan.dtype if plan.device.startswith("cuda") else torch.float32
     bundle = load_bundle(plan.files, plan.device, plan.dtype, decoder_dtype, plan.stream)
     model, decoder = bundle.model, bundle.decoder
+    inputs.apply_loras(bundle, plan.loras)
     prompts = [plan.prompt] + [p for p, _ in plan.switches.values()]
     contexts = _encode(bundle, prompts, model.config.text_dim, plan.files)
     bundle.encode = None  # the text encoder is no longer needed: free it
@@ -471,7 +487,9 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
     try:
         with GracefulStop() as stop:
             started = time.perf_counter()
-            for chunk in pipe.stream(state, plan.chunks, switches):
+            chunks = (inputs.v2v_chunks(plan.v2v, pipe, state, decoder, plan.height, plan.width, switches)
+                      if plan.v2v else pipe.stream(state, plan.chunks, switches))
+            for chunk in chunks:
                 _check(plan, recorder, f"chunk {chunk.index - base}", chunk.latents, culprits["dit"])
                 frames = decoder.decode_chunk(chunk.latents)[0]  # [T, 3, H, W] in [-1, 1]
                 _check(plan, recorder, f"decoded chunk {chunk.index - base}", frames, culprits["decoder"])
