@@ -21,5 +21,6 @@ demo: setup
 
 test:
 	bash scripts/install_comfyui.sh $(COMFY_VENV)
+	bash scripts/install_comfyui_current.sh   # a second host when ../shared/hosts exists (else nothing)
 	bash scripts/install_browser.sh
 	OMP_NUM_THREADS=1 $(COMFY_VENV)/bin/python -m pytest -q tests

@@ -1,12 +1,14 @@
 """End-to-end harness: a real ComfyUI server with this repository installed as a custom node.
 
-Install once with `scripts/install_comfyui.sh`, then run the e2e tests with the venv it creates:
+Install once with `scripts/install_comfyui.sh` (and `scripts/install_comfyui_current.sh` where the shared
+folder is present), then run the e2e tests with the venv it creates:
 
     .cache/comfy-venv/bin/python -m pytest tests/e2e -m e2e
 
-The server always runs on the venv's python (`SF_COMFY_VENV`, default `.cache/comfy-venv`) from the
-ComfyUI tree `SF_COMFY_DIR` (default `.cache/ComfyUI`); the test process only needs
-`websocket-client`. Without an installed tree, every e2e test is skipped with a message.
+Every test that uses the `comfy` server runs once per host (`e2e/hosts.py`: ComfyUI 0.3.75 always, the current
+ComfyUI from `../shared/hosts` when present, and that one with frontend 1.58.1 in Vue-node mode for the browser
+tests); the test id names the host. The server runs on the host venv's python; the test process only needs
+`websocket-client`. A host that is not installed skips its tests with a message.
 Server logs and screenshots go to `SF_E2E_ARTIFACTS` (default `.cache/e2e-artifacts`).
 """
 from __future__ import annotations
@@ -28,9 +30,9 @@ from pathlib import Path
 
 import pytest
 
+from e2e.hosts import Host, all_hosts
+
 REPO = Path(__file__).resolve().parents[2]
-COMFY_DIR = Path(os.environ.get("SF_COMFY_DIR", REPO / ".cache" / "ComfyUI"))
-COMFY_VENV = Path(os.environ.get("SF_COMFY_VENV", REPO / ".cache" / "comfy-venv"))
 ARTIFACTS = Path(os.environ.get("SF_E2E_ARTIFACTS", REPO / ".cache" / "e2e-artifacts"))
 PACKAGE_NAME = "comfyui_self_forcing"
 MODEL_FOLDERS = ("diffusion_models", "vae", "text_encoders", "vae_approx")
@@ -42,24 +44,32 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: needs a real ComfyUI server (scripts/install_comfyui.sh)")
 
 
-def _missing_requirement() -> str | None:
-    if not (COMFY_DIR / "main.py").is_file() or not (COMFY_VENV / "bin" / "python").is_file():
-        return (f"ComfyUI not installed at {COMFY_DIR} (venv {COMFY_VENV}); "
-                "run scripts/install_comfyui.sh")
+def _missing_requirement(host: Host | None) -> str | None:
+    if host is not None and (reason := host.missing()):
+        return reason
     try:
         import websocket  # noqa: F401
     except ImportError:
-        return f"websocket-client missing; run the e2e tests with {COMFY_VENV}/bin/python -m pytest tests/e2e"
+        return "websocket-client missing; run the e2e tests with .cache/comfy-venv/bin/python -m pytest tests/e2e"
     return None
 
 
+def pytest_generate_tests(metafunc):
+    """Run every test that needs a server once per host; browser-only hosts get only the browser tests."""
+    if "comfy" not in metafunc.fixturenames:
+        return
+    browser = "browser_ready" in metafunc.fixturenames
+    hosts = [h for h in all_hosts() if browser or not h.browser_only]
+    metafunc.parametrize("comfy_host", hosts, ids=[h.id for h in hosts], indirect=True, scope="session")
+
+
 def pytest_collection_modifyitems(config, items):
-    reason = _missing_requirement()
     here = Path(__file__).parent
     for item in items:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.e2e)
-            if reason:
+            callspec = getattr(item, "callspec", None)
+            if reason := _missing_requirement(callspec.params.get("comfy_host") if callspec else None):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
@@ -86,6 +96,7 @@ class ComfyClient:
     base_url: str
     base_dir: Path
     log_path: Path
+    host: Host | None = None
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     startup_seconds: float = 0.0
     messages: list[Message] = field(default_factory=list)
@@ -206,15 +217,28 @@ def _log_tail(path: Path, lines: int = 120) -> str:
 
 
 @pytest.fixture(scope="session")
-def artifacts_dir() -> Path:
-    """Where e2e tests leave files for CI to keep (server log, screenshots)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTIFACTS
+def comfy_host(request) -> Host:
+    """The ComfyUI host of this test (parametrized by `pytest_generate_tests`)."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
-def comfy(request) -> ComfyClient:
-    """A running ComfyUI server with this repository linked in as `custom_nodes/comfyui_self_forcing`."""
+def artifacts_dir(comfy_host) -> Path:
+    """Where e2e tests leave files for CI to keep (server log, screenshots), one folder per host."""
+    folder = ARTIFACTS / comfy_host.id
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _vue_nodes_on(client: ComfyClient) -> None:
+    status, body = client.request("POST", "/settings/Comfy.VueNodes.Enabled", True)
+    assert status == 200, f"enabling Vue nodes -> {status}: {body}"
+
+
+@pytest.fixture(scope="session")
+def comfy(request, comfy_host, artifacts_dir) -> ComfyClient:
+    """A running ComfyUI server of `comfy_host` with this repository linked in as
+    `custom_nodes/comfyui_self_forcing`."""
     base = Path(tempfile.mkdtemp(prefix="sf-comfy-"))
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACKAGE_NAME).symlink_to(REPO, target_is_directory=True)
@@ -222,14 +246,16 @@ def comfy(request) -> ComfyClient:
         (base / "models" / folder).mkdir(parents=True)
     port = _free_port()
     log_path = base / "comfy.log"
-    command = [str(COMFY_VENV / "bin" / "python"), "main.py", "--cpu", "--listen", "127.0.0.1",
+    command = [str(comfy_host.venv / "bin" / "python"), "main.py", "--cpu", "--listen", "127.0.0.1",
                "--port", str(port), "--disable-auto-launch", "--dont-print-server", "--disable-api-nodes",
                "--database-url", "sqlite:///:memory:", "--base-directory", str(base)]
+    if comfy_host.front_end_root is not None:
+        command += ["--front-end-root", str(comfy_host.front_end_root)]
     started = time.time()
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=COMFY_DIR, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, cwd=comfy_host.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)
-    client = ComfyClient(f"http://127.0.0.1:{port}", base, log_path)
+    client = ComfyClient(f"http://127.0.0.1:{port}", base, log_path, comfy_host)
     try:
         while True:
             if process.poll() is not None:
@@ -243,7 +269,10 @@ def comfy(request) -> ComfyClient:
                 pass
             time.sleep(0.2)
         client.startup_seconds = time.time() - started
-        print(f"\nComfyUI ready in {client.startup_seconds:.1f} s on port {port} (base {base})", file=sys.stderr)
+        print(f"\nComfyUI {comfy_host.id} ready in {client.startup_seconds:.1f} s on port {port} (base {base})",
+              file=sys.stderr)
+        if comfy_host.vue_nodes:
+            _vue_nodes_on(client)
         client.connect()
         yield client
     finally:
@@ -253,8 +282,7 @@ def comfy(request) -> ComfyClient:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(log_path, ARTIFACTS / "comfy_server.log")
+        shutil.copy(log_path, artifacts_dir / "comfy_server.log")
         if request.session.testsfailed:
             print(f"\n===== ComfyUI server log (tail) =====\n{_log_tail(log_path)}", file=sys.stderr)
         shutil.rmtree(base, ignore_errors=True)

@@ -3,7 +3,7 @@
 widget on the sampler received and drew every streamed frame. Also converts the API workflows into the
 UI-format workflows users drag onto the canvas. Needs scripts/install_browser.sh.
 
-SF_UPDATE_SCREENSHOTS=1 refreshes the README screenshot docs/images/preview_widget.png;
+SF_UPDATE_SCREENSHOTS=1 refreshes the README screenshot docs/images/preview_widget.png (from the 0.3.75 host);
 SF_UPDATE_WORKFLOWS=1 rewrites workflows/*.json from workflows/api/*.json."""
 import json
 import os
@@ -51,7 +51,7 @@ def test_preview_widget_draws_the_streamed_frames_of_the_real_workflow(comfy, mo
 
     for name in ("preview_widget.png", "preview_node.png"):
         shutil.copy(tmp_path / name, artifacts_dir / name)
-    if os.environ.get("SF_UPDATE_SCREENSHOTS") == "1":
+    if os.environ.get("SF_UPDATE_SCREENSHOTS") == "1" and comfy.host.primary:
         (REPO / "docs" / "images").mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_path / "preview_widget.png", REPO / "docs" / "images" / "preview_widget.png")
 
@@ -75,7 +75,7 @@ def test_ui_workflows_are_the_api_workflows(comfy, models, browser_ready, tmp_pa
     result = node_script("api_to_ui.mjs", comfy.base_url, str(tmp_path), *map(str, API_WORKFLOWS))
     assert not result["errors"], result["errors"]
     assert sorted(result["written"]) == [p.name for p in API_WORKFLOWS]
-    if os.environ.get("SF_UPDATE_WORKFLOWS") == "1":
+    if os.environ.get("SF_UPDATE_WORKFLOWS") == "1" and comfy.host.primary:
         for path in API_WORKFLOWS:
             shutil.copy(tmp_path / path.name, REPO / "workflows" / path.name)
     for path in API_WORKFLOWS:

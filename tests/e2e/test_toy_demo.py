@@ -102,7 +102,7 @@ def test_toy_demo_plays_in_the_preview_widget(comfy, browser_ready, artifacts_di
     result = node_script("preview.mjs", comfy.base_url, str(path), str(tmp_path))
     assert "failure" not in result, result["failure"]
     shutil.copy(tmp_path / "preview_widget.png", artifacts_dir / "toy_demo.png")
-    if os.environ.get("SF_UPDATE_SCREENSHOTS") == "1":
+    if os.environ.get("SF_UPDATE_SCREENSHOTS") == "1" and comfy.host.primary:
         shutil.copy(tmp_path / "preview_widget.png", REPO / "docs" / "images" / "toy_demo.png")
     stats = result["stats"]
     frames = round(graph[SAMPLER]["inputs"]["length"] * graph[SAMPLER]["inputs"]["fps"])
