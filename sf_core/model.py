@@ -69,6 +69,12 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
+def _untracked(t: torch.Tensor, model) -> bool:
+    """Inference tensors (made under `torch.inference_mode`, as ComfyUI runs nodes) have no version counter,
+    so the time-embedding memo cannot tell whether they changed: it is skipped for them."""
+    return t.is_inference() or any(p.is_inference() for p in model._time_params())
+
+
 def rope_freqs(frames: int, height: int, width: int, head_dim: int, start_frame: int, device,
                mode: str = "exact") -> torch.Tensor:
     """RoPE rotations of a token grid: exact complex128 [L, 1, head_dim/2], or fast float32 [L, 1, head_dim/2, 2]."""
@@ -247,7 +253,7 @@ class CausalWanModel(nn.Module):
         pipeline keeps, so the time MLP runs 5 times per stream instead of 5 times per chunk."""
         memo = self._time_memo
         key = None
-        if memo is not None and not torch.is_grad_enabled() and not _tracing():
+        if memo is not None and not torch.is_grad_enabled() and not _tracing() and not _untracked(t, self):
             key = (id(t), t._version, frames, tuple((p.data_ptr(), p.dtype, p._version) for p in self._time_params()))
             hit = memo.get(key)
             if hit is not None and hit[0] is t:

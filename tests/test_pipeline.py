@@ -206,3 +206,16 @@ def test_recache_keeps_the_original_block_boundaries(tiny_model):
         for a, b in ((0, 1), (1, 4), (4, 7), (7, 10)):
             tiny_model(frames[:, a:b], torch.zeros(1, b - a), _ctx(1), ref.cache, a)
     assert torch.equal(state.cache.k[:, :, :40], ref.cache.k[:, :, :40])
+
+
+def test_stream_under_inference_mode_equals_no_grad(tiny_model):
+    """ComfyUI runs nodes under torch.inference_mode (inference tensors have no version counter)."""
+    context = torch.randn(1, 16, tiny_model.config.text_dim)
+    pipe = StreamingPipeline(tiny_model, StreamConfig(chunk_frames=2, window=4))
+    state = pipe.start(context, 32, 32, seed=5)
+    expected = [pipe.step(state).latents for _ in range(3)]
+    with torch.inference_mode():
+        pipe = StreamingPipeline(tiny_model, StreamConfig(chunk_frames=2, window=4))
+        state = pipe.start(context, 32, 32, seed=5)
+        got = [pipe.step(state).latents for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
