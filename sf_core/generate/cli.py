@@ -30,6 +30,7 @@ from sf_core.state import StateError, StreamState, read_header
 from sf_core.generate.outputs import RunOutputs
 from sf_core.numerics import NonFiniteError, check_finite
 from sf_core.media.outputs import reason
+from safetensors import SafetensorError
 
 EXAMPLES = """\
 examples:
@@ -516,7 +517,7 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
             state.info["frames_written"] = state.info.get("frames_written", 0) + recorder.frames_written
             try:
                 state.save(plan.save_state)
-            except OSError as exc:
+            except (OSError, SafetensorError) as exc:
                 print(f"error: --save-state {plan.save_state}: cannot write it ({reason(exc)}); the stream state "
                       f"is lost, the video {plan.out} is complete", file=sys.stderr)
                 return 2

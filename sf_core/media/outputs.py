@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 try:
@@ -21,9 +22,12 @@ class OutputError(RuntimeError):
     """An output cannot be written; `str()` is one line naming the option and the path."""
 
 
-def reason(exc: OSError) -> str:
-    """'No space left on device' for an OSError, whatever raised it."""
-    return exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+def reason(exc: Exception) -> str:
+    """'No space left on device' for an OSError, or the OS error inside another library's message."""
+    if isinstance(exc, OSError):
+        return exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+    found = re.search(r"I/O error: (.*?) \(os error \d+\)", str(exc))  # safetensors' SafetensorError
+    return found.group(1) if found else str(exc)
 
 
 def _first_existing(path: Path) -> Path:

@@ -116,3 +116,32 @@ def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torc
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+# A DiT that fits TINY_UMT5's embeddings and the Wan VAE's 16 latent channels (`python -m sf_core.generate`)
+TINY_GENERATE_DIT = ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=16, out_dim=16,
+                                text_dim=TINY_UMT5.dim, freq_dim=32, text_len=16)
+
+
+def make_tiny_models_dir(root: str | Path, seed: int = 0) -> dict[str, Path]:
+    """A ComfyUI-style models folder under the official file names: tiny DiT (`TINY_GENERATE_DIT`),
+    umT5 (tokenizer inside), Wan VAE and TAEHV; returns {"checkpoint", "text_encoder", "vae", "taehv", "root"}."""
+    from sf_core.config import StreamConfig
+    from sf_core.model import CausalWanModel
+    from sf_core.vae.taehv import TAEHV
+    from sf_core.vae.wan import VAEConfig, WanVAE
+    from sf_core.weights.checkpoint import save_safetensors
+
+    root = Path(root)
+    paths = {"checkpoint": root / "diffusion_models" / "self_forcing_dmd.safetensors",
+             "text_encoder": root / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+             "vae": root / "vae" / "wan_2.1_vae.safetensors", "taehv": root / "vae_approx" / "taew2_1.safetensors"}
+    for p in paths.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = randomize(CausalWanModel(TINY_GENERATE_DIT, attention="sdpa"), seed)
+    save_safetensors(model, paths["checkpoint"], StreamConfig(), TINY_GENERATE_DIT)
+    make_tiny_umt5(paths["text_encoder"])
+    save_file(WanVAE(VAEConfig(dim=4)).state_dict(), str(paths["vae"]))
+    save_file(TAEHV(widths=(8, 8, 8, 8), with_encoder=False).state_dict(), str(paths["taehv"]))
+    return {**paths, "root": root}

@@ -140,6 +140,11 @@ def _describe(cfg: ModelConfig) -> str:
 def check_state_dict(sd: dict, cfg: ModelConfig, source: str = "state dict") -> None:
     """Raise CheckpointError naming missing / unexpected keys and shape mismatches against `cfg`."""
     files.check_state_dict(sd, wan_param_shapes(cfg), source, f"a {_describe(cfg)}", CheckpointError)
+    kinds = [k for k, v in sd.items() if not v.is_floating_point()]
+    if kinds:  # casting them would run a model of rounded or 0/1 "weights"
+        raise CheckpointError(f"{source}: {len(kinds)} integer or boolean tensors where weights are floating "
+                              f"point, e.g. {kinds[0]!r} is {str(sd[kinds[0]].dtype).replace('torch.', '')}; "
+                              "this is not a trained checkpoint (or a conversion damaged it)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -392,8 +397,20 @@ def our_metadata(cfg: ModelConfig, stream_config: StreamConfig | None) -> dict[s
     return meta
 
 
+def fsync_dir(folder) -> None:
+    """Make a rename in `folder` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_safetensors_atomic(tensors: dict, path, metadata: dict[str, str]) -> None:
-    """Write safetensors through a temporary file in the same folder, then os.replace."""
+    """Write safetensors through a temporary file in the same folder, fsync it, os.replace, fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -402,7 +419,10 @@ def write_safetensors_atomic(tensors: dict, path, metadata: dict[str, str]) -> N
         mode = tmp.stat().st_mode & 0o777  # what the umask gives a new file; safetensors itself writes 0600
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.chmod(tmp, mode)
+        with open(tmp, "rb+") as f:  # the bytes reach the disk before the name does
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

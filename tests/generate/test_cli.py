@@ -11,44 +11,24 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from sf_core.generate import cli as generate
 from sf_core.weights.checkpoint import save_safetensors
 from sf_core.config import ModelConfig, StreamConfig
 from sf_core.model import CausalWanModel
 from sf_core.media.recording import read_video
-from sf_core.vae.taehv import TAEHV
-from sf_core.testing.tiny import TINY_UMT5, make_tiny_umt5
-from sf_core.vae.wan import VAEConfig, WanVAE
+from sf_core.testing.tiny import make_tiny_models_dir
 
 from sf_core.testing.tiny import randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DIT = ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=16, out_dim=16, text_dim=TINY_UMT5.dim,
-                  freq_dim=32, text_len=16)
 SIZE = ["--width", "32", "--height", "32"]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A ComfyUI-style models folder with a tiny DiT, umT5 (tokenizer inside), Wan VAE and TAEHV."""
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    paths = {
-        "checkpoint": root / "diffusion_models" / "self_forcing_dmd.safetensors",
-        "text_encoder": root / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-        "vae": root / "vae" / "wan_2.1_vae.safetensors",
-        "taehv": root / "vae_approx" / "taew2_1.safetensors",
-    }
-    for p in paths.values():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(randomize(CausalWanModel(DIT, attention="sdpa")), paths["checkpoint"], StreamConfig(), DIT)
-    make_tiny_umt5(paths["text_encoder"])
-    save_file(WanVAE(VAEConfig(dim=4)).state_dict(), str(paths["vae"]))
-    save_file(TAEHV(widths=(8, 8, 8, 8), with_encoder=False).state_dict(), str(paths["taehv"]))
-    paths["root"] = root
-    return paths
+    return make_tiny_models_dir(tmp_path_factory.mktemp("models"))
 
 
 def _model_args(files, decoder="vae"):

@@ -1,0 +1,300 @@
+"""Nothing lost, nothing silent: each class of bad input ends in one actionable line, before expensive work
+where it can, and nothing already produced is lost (docs/reliability.md lists the guarantees)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from sf_core.config import StreamConfig
+from sf_core.generate import cli as generate
+from sf_core.media.outputs import claim_file
+from sf_core.media.recording import count_frames, read_video
+from sf_core.model import CausalWanModel
+from sf_core.state import FORMAT
+from sf_core.testing.tiny import TINY_GENERATE_DIT, make_tiny_models_dir, randomize
+from sf_core.weights.checkpoint import save_safetensors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--width", "32", "--height", "32"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Tiny model files, variants of the checkpoint, and stream states made with the toy and tiny models."""
+    root = tmp_path_factory.mktemp("reliability")
+    files = make_tiny_models_dir(root / "models")
+    sd = load_file(str(files["checkpoint"]))
+    meta = safe_open(str(files["checkpoint"]), "pt").metadata()
+    for name, change in {"nan": ("head.head.weight", float("nan")), "inf": ("blocks.0.ffn.0.weight", float("inf"))}.items():
+        bad = dict(sd)
+        bad[change[0]] = bad[change[0]].clone().fill_(change[1])
+        save_file(bad, str(root / f"{name}.safetensors"), meta)
+    save_file({k: (v * 100).long() for k, v in sd.items()}, str(root / "int64.safetensors"), meta)
+    save_file({k: v > 0 for k, v in sd.items()}, str(root / "bool.safetensors"), meta)
+    save_safetensors(randomize(CausalWanModel(TINY_GENERATE_DIT, attention="sdpa"), seed=7),
+                     root / "other_weights.safetensors", StreamConfig(), TINY_GENERATE_DIT)
+    save_file(sd, str(root / "chunk_minus_3.safetensors"), {**meta, **StreamConfig(chunk_frames=-3).to_metadata()})
+    tiny = [*_files(files), *TINY]
+    assert generate.main([*tiny, "--chunks", "1", "--out", str(root / "t.mp4"),
+                          "--save-state", str(root / "tiny_state.safetensors")]) == 0
+    assert generate.main(["--chunks", "1", "--out", str(root / "toy.mp4"),
+                          "--save-state", str(root / "toy_state.safetensors")]) == 0
+    state = load_file(str(root / "tiny_state.safetensors"))
+    state_meta = safe_open(str(root / "tiny_state.safetensors"), "pt").metadata()
+    save_file({k: v for k, v in state.items() if k != "context"}, str(root / "no_context.safetensors"), state_meta)
+    save_file(state, str(root / "no_state_meta.safetensors"), {"format": FORMAT})
+    save_file(state, str(root / "garbage_state_meta.safetensors"), {"format": FORMAT, "state": "{not json"})
+    fields = json.loads(state_meta["state"])
+    fields["latent_width"] = "wide"
+    save_file(state, str(root / "bad_field.safetensors"), {"format": FORMAT, "state": json.dumps(fields)})
+    return {**files, "dir": root}
+
+
+def _files(files, checkpoint=None):
+    return ["--checkpoint", str(checkpoint or files["checkpoint"]), "--text-encoder", str(files["text_encoder"]),
+            "--vae", str(files["vae"])]
+
+
+def _one_error_line(capsys) -> str:
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"old")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Refused before anything loads: `--dry-run` (which reads no tensor) already gives the one line.
+# (case, argv(tmp_path, models), pattern of the error line)
+
+UP_FRONT = [
+    # output paths
+    ("out inside a file", lambda t, m: ["--out", str(_touch(t / "f.txt") / "x.mp4")], r"f\.txt is a file, not a folder"),
+    ("out is a folder", lambda t, m: ["--out", str(t)], r"is a folder; give a file name such as .*output\.mp4"),
+    ("out exists", lambda t, m: ["--out", str(_touch(t / "a.mp4"))], r"--out .*a\.mp4: already exists; add --overwrite"),
+    ("save-state is a folder", lambda t, m: ["--save-state", str(t)], r"--save-state .*: is a folder"),
+    ("save-state exists", lambda t, m: ["--save-state", str(_touch(t / "s.safetensors"))], r"already exists"),
+    ("save-state is out", lambda t, m: ["--out", str(t / "x"), "--save-state", str(t / "x")], r"is also --out"),
+    ("png-dir is a file", lambda t, m: ["--png-dir", str(_touch(t / "p"))], r"--png-dir .*: is a file, not a folder"),
+    ("png frames exist", lambda t, m: ["--png-dir", str(_touch(t / "p" / "frame_000000.png").parent)],
+     r"already holds frame_000000\.png; add --overwrite"),
+    # non-finite and out-of-range numbers
+    ("shift nan", lambda t, m: ["--shift", "nan"], r"--shift nan: expected a finite number"),
+    ("shift 0", lambda t, m: ["--shift", "0"], r"--shift 0.0: expected a number above 0"),
+    ("seconds nan", lambda t, m: ["--seconds", "nan"], r"--seconds nan: expected a finite number"),
+    ("seconds inf", lambda t, m: ["--seconds", "inf"], r"--seconds inf: expected a finite number"),
+    ("seconds negative", lambda t, m: ["--seconds", "-2"], r"--seconds -2.0: expected a number above 0"),
+    ("fps nan", lambda t, m: ["--fps", "nan"], r"--fps nan: expected a finite number"),
+    ("fps 0", lambda t, m: ["--fps", "0"], r"--fps 0.0: expected a number above 0"),
+    ("width 0", lambda t, m: ["--width", "0"], r"--width 0: expected at least 1"),
+    ("height negative", lambda t, m: ["--height", "-16"], r"--height -16: expected at least 1"),
+    ("frames 0", lambda t, m: ["--frames", "0"], r"--frames 0: expected at least 1"),
+    ("chunks 0", lambda t, m: ["--chunks", "0"], r"--chunks 0: expected at least 1"),
+    ("window 0", lambda t, m: ["--window", "0"], r"--window 0: expected at least 1"),
+    ("sink negative", lambda t, m: ["--sink", "-1"], r"--sink -1: expected at least 0"),
+    ("chunk-frames 0", lambda t, m: ["--chunk-frames", "0"], r"--chunk-frames 0: expected at least 1"),
+    ("steps nan", lambda t, m: ["--steps", "nan,500"], r"--steps 'nan,500': every step must lie in"),
+    # wrong kinds of settings stored in a file
+    ("stored chunk_frames=-3", lambda t, m: _files(m, m["dir"] / "chunk_minus_3.safetensors") + TINY,
+     r"--checkpoint .*chunk_minus_3\.safetensors: its sf_stream metadata: invalid stream settings: chunk_frames=-3"),
+    # stream-state files
+    ("state without 'state' metadata", lambda t, m: ["--resume-state", str(m["dir"] / "no_state_meta.safetensors")],
+     r"--resume-state .*: metadata 'state' is missing or not a JSON object"),
+    ("state with garbage metadata", lambda t, m: ["--resume-state", str(m["dir"] / "garbage_state_meta.safetensors")],
+     r"metadata 'state' is missing or not a JSON object"),
+    ("state with a bad field", lambda t, m: ["--resume-state", str(m["dir"] / "bad_field.safetensors")],
+     r"invalid field\(s\) \['latent_width'\]"),
+    ("state not a stream state", lambda t, m: ["--resume-state", str(m["checkpoint"])],
+     r"metadata 'format' is None, expected 'sf_stream_state/1'"),
+    # prompts
+    ("prompt file not UTF-8", lambda t, m: ["--prompt-file", str(_bytes(t / "p.txt", b"a red \xff circle"))],
+     r"--prompt-file .*p\.txt: not UTF-8 text \(byte 0xff at offset 6\); save the file as UTF-8"),
+    ("prompt with undecodable bytes", lambda t, m: ["--prompt", "a red \udcff circle"],
+     r"--prompt: the text is not valid UTF-8 \(undecodable byte at character 6\)"),
+    ("prompt-at with undecodable bytes", lambda t, m: ["--prompt-at", "c0", "\udcfe"], r"--prompt-at c0: the text is not valid"),
+    # devices
+    ("device banana", lambda t, m: ["--device", "banana"], r"--device 'banana': not a device; expected cpu, cuda"),
+    ("device meta", lambda t, m: ["--device", "meta"], r"--device meta: unsupported device type 'meta'"),
+]
+if not torch.cuda.is_available():
+    UP_FRONT.append(("device cuda without CUDA", lambda t, m: ["--device", "cuda"],
+                     r"--device cuda: CUDA is not available .*; use --device cpu"))
+
+
+def _bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("argv, pattern", [c[1:] for c in UP_FRONT], ids=[c[0] for c in UP_FRONT])
+def test_refused_up_front_with_one_line(argv, pattern, models, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = argv(tmp_path, models)
+    before = sorted(os.listdir(tmp_path))
+    assert generate.main([*args, "--dry-run"]) == 2
+    line = _one_error_line(capsys)
+    assert re.search(pattern, line), line
+    assert generate.main(args) == 2  # the real run too
+    assert re.search(pattern, _one_error_line(capsys))
+    assert sorted(os.listdir(tmp_path)) == before  # nothing created, nothing replaced
+
+
+# ---------------------------------------------------------------------------------------------------
+# Found once loading starts: one line, exit code 2, no half-written output left behind.
+
+AT_RUN = [
+    ("NaN weights", lambda t, m: _files(m, m["dir"] / "nan.safetensors") + TINY,
+     r"chunk 0 holds NaN/Inf: --checkpoint .*nan\.safetensors has non-finite values in 'head\.head\.weight'; "
+     r"the file is damaged.*; nothing was written"),
+    ("Inf weights", lambda t, m: _files(m, m["dir"] / "inf.safetensors") + TINY,
+     r"has non-finite values in 'blocks\.0\.ffn\.0\.weight'"),
+    ("int64 weights", lambda t, m: _files(m, m["dir"] / "int64.safetensors") + TINY,
+     r"checkpoint file .*int64\.safetensors: .*integer or boolean tensors.*'[a-z_.0-9]+' is int64"),
+    ("bool weights", lambda t, m: _files(m, m["dir"] / "bool.safetensors") + TINY, r"'[a-z_.0-9]+' is bool"),
+    ("state without context", lambda t, m: _files(m) + ["--resume-state", str(m["dir"] / "no_context.safetensors")],
+     r"--resume-state .*no_context\.safetensors: the stream state has no 'context' tensor"),
+    ("state from a model of another size", lambda t, m: _files(m) + ["--resume-state", str(m["dir"] / "toy_state.safetensors")],
+     r"--resume-state .*toy_state\.safetensors: made with a different model: dim=\d+ \(this model: 32\)"),
+    ("state from other weights of the same shape",
+     lambda t, m: _files(m, m["dir"] / "other_weights.safetensors") + ["--resume-state", str(m["dir"] / "tiny_state.safetensors")],
+     r"made with other weights of the same shape \(fingerprint [0-9a-f]{16}, this checkpoint [0-9a-f]{16}\)"),
+    ("state at another width", lambda t, m: _files(m) + ["--width", "64", "--height", "32", "--resume-state",
+                                                         str(m["dir"] / "tiny_state.safetensors")],
+     r"the stream is 4x4 latent pixels, this run asks for 8x4; continue it at the size it was made at"),
+    ("unwritable location", lambda t, m: ["--out", "/proc/sf_no_such_dir/out.mp4"], r"--out /proc/.*: cannot create it"),
+    ("1 MB prompt with an unknown word", lambda t, m: ["--prompt", "a red circle moves left " + "blorp " * 200_000],
+     r"unknown words \['blorp'"),
+]
+
+
+@pytest.mark.parametrize("argv, pattern", [c[1:] for c in AT_RUN], ids=[c[0] for c in AT_RUN])
+def test_refused_at_run_with_one_line(argv, pattern, models, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = argv(tmp_path, models)
+    out = tmp_path / "out.mp4"
+    assert generate.main([*args, "--chunks", "2"] + ([] if "--out" in args else ["--out", str(out)])) == 2
+    line = _one_error_line(capsys)
+    assert re.search(pattern, line), line
+    assert len(line) < 600  # no message repeats a whole prompt or tensor
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_dry_run_shows_a_long_prompt_cut_short(capsys):
+    assert generate.main(["--prompt", "a red circle " * 100_000, "--dry-run"]) == 0
+    shown = next(l for l in capsys.readouterr().out.splitlines() if "prompt:" in l)
+    assert "(1300000 characters)" in shown and len(shown) < 200
+
+
+def test_resume_continues_at_the_size_the_stream_was_made_at(models, tmp_path, capsys):
+    state = models["dir"] / "tiny_state.safetensors"
+    assert generate.main([*_files(models), "--resume-state", str(state), "--dry-run"]) == 0
+    assert re.search(r"size: 32x32", capsys.readouterr().out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Concurrent runs and SIGTERM; disk full (a file-size limit and /dev/full give real write errors)
+
+
+def _env(tmp_path):
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "SF_CACHE_DIR": str(tmp_path / "c"),
+            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _limit_file_size(limit: int):
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+def _generate(args, tmp_path, **kw):
+    return subprocess.run([sys.executable, "-m", "sf_core.generate", *args], cwd=tmp_path, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_a_second_run_on_the_same_out_is_refused_and_sigterm_keeps_every_frame(tmp_path, capsys):
+    out = tmp_path / "live.mp4"
+    first = subprocess.Popen([sys.executable, "-m", "sf_core.generate", "--until-stopped", "--out", str(out)],
+                             cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in first.stderr:
+            if line.startswith("chunk 1:"):
+                break
+        assert generate.main(["--chunks", "1", "--out", str(out)]) == 2
+        assert "already exists" in _one_error_line(capsys)
+        assert generate.main(["--chunks", "1", "--out", str(out), "--overwrite"]) == 2
+        assert "another run is writing it right now" in _one_error_line(capsys)
+        first.send_signal(signal.SIGTERM)
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr
+    assert "SIGTERM: stopping after the chunk in progress" in stderr
+    written = int(re.search(r"wrote (\d+) frames", stdout).group(1))
+    assert written >= 6 and read_video(out)[0].shape[0] == written
+
+
+def test_exclusive_claims_leave_no_trace_when_nothing_was_written(tmp_path):
+    claim = claim_file("--out", tmp_path / "x.mp4", overwrite=False)
+    with pytest.raises(RuntimeError, match="already exists"):
+        claim_file("--out", tmp_path / "x.mp4", overwrite=False)
+    with pytest.raises(RuntimeError, match="another run is writing"):
+        claim_file("--out", tmp_path / "x.mp4", overwrite=True)
+    claim.release(used=False)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_disk_full_for_the_mp4_keeps_every_complete_frame(tmp_path):
+    proc = _generate(["--until-stopped", "--out", "v.mp4"], tmp_path, preexec_fn=_limit_file_size(8000))
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    kept = int(re.search(r"error: writing v\.mp4 failed \(File too large\); it keeps the first (\d+) frame", line).group(1))
+    assert kept >= 3 and read_video(tmp_path / "v.mp4")[0].shape[0] == kept == count_frames(tmp_path / "v.mp4")
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_disk_full_for_a_png_removes_its_temporary_file(tmp_path):
+    png = tmp_path / "png"
+    png.mkdir()
+    os.symlink("/dev/full", png / ".frame_000004.png.tmp")  # writing frame 4 gets ENOSPC from the kernel
+    proc = _generate(["--chunks", "3", "--out", "v.mp4", "--png-dir", "png"], tmp_path)
+    assert proc.returncode == 2
+    assert re.search(r"error: writing png/frame_000004\.png failed \(No space left on device\); png keeps the 4 "
+                     r"frame\(s\) before it", proc.stderr)
+    assert sorted(os.listdir(png)) == [f"frame_{i:06d}.png" for i in range(4)]
+    assert read_video(tmp_path / "v.mp4")[0].shape[0] == 3  # the chunk before: its mp4 frames are complete
+
+
+def test_disk_full_for_the_state_keeps_the_video(tmp_path):
+    proc = _generate(["--chunks", "2", "--out", "v.mp4", "--save-state", "s.safetensors"], tmp_path,
+                     preexec_fn=_limit_file_size(100_000))  # the mp4 is ~3 kB, the state ~500 kB
+    assert proc.returncode == 2
+    assert re.search(r"error: --save-state s\.safetensors: cannot write it \(File too large\); the stream state is "
+                     r"lost, the video v\.mp4 is complete", proc.stderr)
+    assert read_video(tmp_path / "v.mp4")[0].shape[0] == 6
+    assert sorted(os.listdir(tmp_path)) == ["c", "v.mp4"] or sorted(os.listdir(tmp_path)) == ["v.mp4"]
+
+
+FLOAT_OPTIONS = [a.option_strings[0] for a in generate.build_parser()._actions if a.type is float]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("option", FLOAT_OPTIONS)
+def test_every_float_option_refuses_non_finite_values(option, value, capsys):
+    """argparse takes 'nan' and 'inf' as floats: every float option (also ones added later) must refuse them."""
+    assert generate.main([f"{option}={value}", "--dry-run"]) == 2
+    assert option in _one_error_line(capsys)
