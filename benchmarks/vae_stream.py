@@ -2,6 +2,9 @@
 
 Random weights (speed does not depend on them). Default: tiny sizes for a CPU smoke run.
 `--full --device cuda` benchmarks the real architectures at 480×832 (chunks of 3 latents).
+The decoders run in interleaved repeats (one stream each per round, order rotated); rows are medians
+(min–max) over the repeats, times are process CPU time on a CPU (wall time after a sync on CUDA), and the
+"vs VAE" ratio is taken per round.
 
     python -m benchmarks.vae_stream
     python -m benchmarks.vae_stream --full --device cuda --dtype bf16
@@ -11,9 +14,10 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import time
 
 import torch
+
+from benchmarks.repeats import Stopwatch, ratios, rounds, spread
 
 from sf_core.config import DTYPES, SHORT_DTYPE_NAMES
 from sf_core.vae.taehv import TAEHV, StreamingTAEHVDecoder
@@ -27,18 +31,19 @@ def _sync(device: torch.device) -> None:
 
 
 def bench(decoder, chunks: list[torch.Tensor], device: torch.device) -> dict:
-    """Decode all chunks once; time the later (steady-state) ones; peak memory (CUDA: of this run; CPU: process
-    max RSS so far, which only grows)."""
+    """Decode all chunks once: seconds per chunk (CPU time on a CPU, wall after a sync on CUDA), frames per
+    chunk, peak memory (CUDA: of this run; CPU: process max RSS so far, which only grows)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times, frames = [], []
     for chunk in chunks:
         _sync(device)
-        start = time.perf_counter()
+        watch = Stopwatch()
         out = decoder.decode_chunk(chunk)
         _sync(device)
-        times.append(time.perf_counter() - start)
+        sample = watch.read()
+        times.append(sample.wall if device.type == "cuda" else sample.cpu)
         frames.append(out.shape[1])
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
@@ -58,6 +63,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=5, help="chunks decoded per decoder (first is warm-up)")
     ap.add_argument("--chunk-frames", type=int, default=3, help="latent frames per chunk")
     ap.add_argument("--vae-dim", type=int, help="VAE base width (default 96 with --full, else 16)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median, min–max)")
     args = ap.parse_args()
 
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -71,24 +77,30 @@ def main() -> None:
     chunks = [torch.randn(1, args.chunk_frames, 16, h // 8, w // 8, device=device, dtype=dtype)
               for _ in range(args.chunks)]
 
-    # warm-up pass (kernel selection, allocator), then the measured pass
-    for make in (lambda: StreamingDecoder(vae), lambda: StreamingTAEHVDecoder(tae)):
+    makers = {"TAEHV (memory)": lambda: StreamingTAEHVDecoder(tae),
+              "TAEHV (overlap)": lambda: StreamingTAEHVDecoder(tae, "overlap"),
+              "Wan2.1 VAE (cached)": lambda: StreamingDecoder(vae)}
+    for make in makers.values():  # warm-up (kernel selection, allocator)
         bench(make(), chunks[:2], device)
-    rows = {"TAEHV (memory)": bench(StreamingTAEHVDecoder(tae), chunks, device),
-            "TAEHV (overlap)": bench(StreamingTAEHVDecoder(tae, "overlap"), chunks, device),
-            "Wan2.1 VAE (cached)": bench(StreamingDecoder(vae), chunks, device)}
+    runs = {label: [] for label in makers}
+    for _, label in rounds(list(makers), args.repeats):
+        runs[label].append(bench(makers[label](), chunks, device))
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# streaming decode, {name}, {args.dtype}, {h}x{w}, {args.chunk_frames} latents/chunk, "
           f"VAE dim {vae_dim}, TAEHV widths {widths}, {args.chunks} chunks")
     mem = "peak CUDA alloc" if device.type == "cuda" else "process max RSS so far"
+    clock = "wall s after sync" if device.type == "cuda" else "CPU s"
+    print(f"median (min–max) over {args.repeats} interleaved rounds; times in {clock}\n")
     print(f"| decoder | first chunk s | median later chunk s | frames/chunk | fps (later) | vs VAE | {mem} MiB |")
     print("|---|---|---|---|---|---|---|")
-    base = rows["Wan2.1 VAE (cached)"]["median"]
-    for label, r in rows.items():
-        fps = r["frames"][-1] / r["median"]
-        print(f"| {label} | {r['first']:.4f} | {r['median']:.4f} | {r['frames'][0]}, {r['frames'][1]}… | "
-              f"{fps:.1f} | {base / r['median']:.1f}× | {r['peak'] / 2**20:.0f} |")
+    base = [r["median"] for r in runs["Wan2.1 VAE (cached)"]]
+    for label, rs in runs.items():
+        later = [r["median"] for r in rs]
+        frames = rs[0]["frames"]
+        print(f"| {label} | {spread((r['first'] for r in rs), '{:.4f}')} | {spread(later, '{:.4f}')} | "
+              f"{frames[0]}, {frames[1]}… | {spread(frames[-1] / t for t in later)} | "
+              f"{spread(ratios(base, later))}× | {max(r['peak'] for r in rs) / 2**20:.0f} |")
 
 
 if __name__ == "__main__":
