@@ -22,10 +22,14 @@ import argparse
 import json
 import math
 import sys
+import warnings
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .config import DTYPES, WAN_1_3B, WAN_14B, ModelConfig
 
@@ -41,7 +45,8 @@ KEYS = ("weights", "kv_cache", "cross_cache", "activations_peak", "decoder_peak"
 def fake_mode():
     """Tensors created inside are fake CPU tensors: real shapes, dtypes and kernels' outputs, no storage."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    with FakeTensorMode(), torch.device("cpu"), torch.no_grad():
+    with warnings.catch_warnings(), FakeTensorMode(), torch.device("cpu"), torch.no_grad():
+        warnings.filterwarnings("ignore", "Accessing the data pointer of FakeTensor")  # cache keys use data_ptr
         yield
 
 
@@ -56,20 +61,44 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(before)
 
 
-def traced_peak(fn, *resident) -> int:
-    """Peak bytes that `fn()` allocates above the tensors / modules in `resident` (call inside `fake_mode`)."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-    tracker = MemTracker()
-    tracker.track_external(*resident)
+class PeakTracker(TorchDispatchMode):
+    """Live bytes of every storage created by an op inside the mode (freed when its last tensor dies)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t.untyped_storage(), inputs)
+        return out
+
+    def _track(self, storage, inputs: set[int]) -> None:
+        """Count a storage the op created (an output sharing an input's storage is a view or in place)."""
+        key = storage._cdata
+        if key in self._seen or key in inputs:
+            return
+        self._seen.add(key)
+        size = storage.nbytes()
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key, size)
+
+    def _free(self, key: int, size: int) -> None:
+        self._seen.discard(key)
+        self.live -= size
+
+
+def traced_peak(fn) -> int:
+    """Peak bytes that `fn()` allocates while it runs (existing tensors are not counted)."""
+    tracker = PeakTracker()
     with tracker:
-        base = _total(tracker.get_tracker_snapshot())
         fn()
-        peak = _total(tracker.get_tracker_snapshot("peak"))
-    return peak - base
-
-
-def _total(snapshot: dict) -> int:
-    return sum(int(v["Total"]) for v in snapshot.values())
+    return tracker.peak
 
 
 def nbytes(module: torch.nn.Module, dtype: torch.dtype | None = None) -> int:
@@ -117,8 +146,7 @@ def dit_activation_peak(config: ModelConfig, latent_hw: tuple[int, int], chunk_f
         x = torch.empty(batch, chunk_frames, config.in_dim, h, w, dtype=dtype)
         t = torch.full((batch, chunk_frames), 937.5)
         context = torch.empty(batch, config.text_len, config.text_dim, dtype=dtype)
-        return traced_peak(lambda: model(x, t, context, cache, start), model, cache.k, cache.v,
-                           cache.cross_k, cache.cross_v, x, context)
+        return traced_peak(lambda: model(x, t, context, cache, start))
 
 
 def _decoder_module(kind: str):
@@ -141,7 +169,7 @@ def decoder_phase(kind: str, latent_hw: tuple[int, int], chunk_frames: int, batc
         z = torch.empty(batch, chunk_frames, 16, h, w)
         decoder.decode_chunk(z)  # the first chunk starts the causal state
         state = list(decoder.state_dict().values())
-        peak = traced_peak(lambda: decoder.decode_chunk(z), module, z, *state)
+        peak = traced_peak(lambda: decoder.decode_chunk(z))
         return nbytes(module), sum(t.numel() * t.dtype.itemsize for t in state), peak
 
 
@@ -153,7 +181,7 @@ def text_encoder_phase(dtype: torch.dtype, batch: int = 1, seq_len: int = 512) -
             model = UMT5Encoder(UMT5_XXL)
         ids = torch.zeros(batch, seq_len, dtype=torch.long)
         mask = torch.ones(batch, seq_len, dtype=torch.long)
-        return nbytes(model), traced_peak(lambda: model(ids, mask), model, ids, mask)
+        return nbytes(model), traced_peak(lambda: model(ids, mask))
 
 
 # -- the estimate ----------------------------------------------------------------------------------------
