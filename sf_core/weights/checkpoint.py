@@ -365,8 +365,15 @@ def load_model(path, dtype: torch.dtype | None = None, device="cpu",
     so weights are held once. `dtype=None` keeps the file's dominant dtype. The stream config is the
     argument, else the file's `sf_stream` metadata, else the official defaults.
     """
-    source = str(path)
     sd, meta = load_state_dict(path)
+    return model_from_state_dict(sd, meta, str(path), dtype, device, stream_config)
+
+
+def model_from_state_dict(sd: dict, meta: dict, source: str, dtype: torch.dtype | None = None, device="cpu",
+                          stream_config: StreamConfig | None = None):
+    """`load_model` for tensors already in memory (e.g. a ComfyUI MODEL's weights), in any layout
+    `load_state_dict` reads, with that layout's `meta` ({} if none) -> (model, stream_config)."""
+    sd, _ = _bare_wan_keys(sd, source)
     cfg = model_config_from(sd, meta, source)
     check_state_dict(sd, cfg, source)
     dtype = dtype or dominant_dtype(sd)
