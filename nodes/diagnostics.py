@@ -7,6 +7,8 @@ import platform
 
 import torch
 
+from .categories import UTILS
+
 
 def _module_version(name: str) -> str | None:
     """Version of an importable module, 'installed' if it has none, None if it is missing."""
@@ -61,7 +63,7 @@ def format_report(report: dict[str, str]) -> str:
 class SFEnvironmentInfo:
     """Shows versions, device and available attention backends as text."""
 
-    CATEGORY = "Self-Forcing/utils"
+    CATEGORY = UTILS
     FUNCTION = "run"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("report",)

@@ -15,6 +15,8 @@ from sf_core.model import CausalWanModel
 from sf_core.media.timing import decoder_frame_counts
 from sf_core.vae.wan import pipeline_to_comfy
 
+from .categories import SAMPLING
+
 MODEL_TYPE = "SF_MODEL"
 VAE_TYPE = "SF_VAE"
 TEXT_ENCODER_TYPE = "SF_TEXT_ENCODER"
@@ -23,7 +25,7 @@ SCHEDULE_TYPE = "SF_SCHEDULE"
 STREAM_TYPE = "SF_STREAM"
 START_TYPE = "SF_START"
 
-CATEGORY = "Self-Forcing"
+CATEGORY = SAMPLING  # the stream nodes' group; nodes/categories.py has the others
 CONTEXT_TOKENS = 512  # the text length every Wan2.1 DiT was trained with
 
 

@@ -35,6 +35,7 @@ class ControlMailbox:
         self._streams: dict[str, dict] = {}
         self._stop: set[str] = set()
         self._prompt: dict[str, str] = {}
+        self._steered: dict[str, int] = {}   # node -> runs that took a live request (stop, prompt switch)
 
     def begin(self, node_id, **info) -> None:
         """Mark a stream as running and drop stale requests left over from an earlier run."""
@@ -67,6 +68,7 @@ class ControlMailbox:
             if node_id not in self._streams:
                 return False
             self._stop.add(node_id)
+            self._steer(node_id)
             return True
 
     def request_prompt(self, node_id, text: str) -> bool:
@@ -76,7 +78,20 @@ class ControlMailbox:
             if node_id not in self._streams:
                 return False
             self._prompt[node_id] = text
+            self._steer(node_id)
             return True
+
+    def _steer(self, node_id: str) -> None:
+        """Count the running stream of `node_id` as steered (once per run); the lock is held."""
+        stream = self._streams[node_id]
+        if not stream.get("steered"):
+            stream["steered"] = True
+            self._steered[node_id] = self._steered.get(node_id, 0) + 1
+
+    def steered_runs(self, node_id) -> int:
+        """How many runs of this node took a live request: a change tells ComfyUI's cache to run it again."""
+        with self._lock:
+            return self._steered.get(str(node_id), 0)
 
     def stop_requested(self, node_id) -> bool:
         with self._lock:

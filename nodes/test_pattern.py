@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from . import live
+from .categories import UTILS
 
 
 def render_pattern(first_frame: int, count: int, height: int, width: int, text: str) -> np.ndarray:
@@ -47,7 +48,7 @@ class SFPreviewTestPattern:
     """Streams `chunks` chunks of a moving pattern to the live preview; honours Stop, Switch prompt and
     Cancel exactly like the stream sampler. `chunk_seconds` simulates the generation time per chunk."""
 
-    CATEGORY = "Self-Forcing/utils"
+    CATEGORY = UTILS
     FUNCTION = "run"
     RETURN_TYPES = ("IMAGE", "STRING")
     RETURN_NAMES = ("frames", "report")
