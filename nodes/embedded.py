@@ -7,7 +7,8 @@ from sf_core.config import DTYPES
 from sf_core.generate.files import default_model
 from sf_core.generate.bundle import load_bundle
 
-from .handles import CATEGORY, MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, SFModel, SFPromptEncoder, SFVAE
+from .categories import LOADERS
+from .handles import MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, SFModel, SFPromptEncoder, SFVAE
 
 NAME = "embedded default"
 
@@ -22,7 +23,7 @@ class SFEmbeddedDefaultModel:
                    "procedural world of coloured shapes): model, text encoder and decoder, nothing to download. "
                    "Prompts use the toy vocabulary, e.g. 'a red circle moves right on a navy background'; the "
                    "info output lists the suggested prompt, size and fps.")
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
     FUNCTION = "load"
     RETURN_TYPES = (MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, "STRING")
     RETURN_NAMES = ("sf_model", "sf_text_encoder", "sf_vae", "info")

@@ -8,6 +8,7 @@ from sf_core.weights.checkpoint import save_comfy_native_ar
 from sf_core.config import StreamConfig
 from sf_core.state import StreamState
 
+from .categories import EXPORT
 from .handles import CATEGORY, CONTEXT_TYPE, MODEL_TYPE, STREAM_TYPE, VAE_TYPE, SFContext, SFStream
 
 STATE_SUFFIX = ".sfstream.safetensors"
@@ -91,7 +92,7 @@ class SFExportNativeAR:
     DESCRIPTION = ("Writes the loaded model as a safetensors file for ComfyUI's native autoregressive video path "
                    "(SamplerARVideo, ComfyUI 0.8+) into models/diffusion_models: bare Wan2.1 keys plus the "
                    "'causal_ar' config metadata, and the stream defaults.")
-    CATEGORY = CATEGORY
+    CATEGORY = EXPORT
     FUNCTION = "export"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)

@@ -15,7 +15,8 @@ from sf_core.vae.taehv import StreamingTAEHVDecoder
 from sf_core.text.encoder import TextEncoder
 from sf_core.vae.wan import StreamingDecoder, vae_from_state_dict
 
-from .handles import (CATEGORY, CONTEXT_TYPE, MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, SFContext, SFModel,
+from .categories import CONDITIONING, LOADERS
+from .handles import (CONTEXT_TYPE, MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, SFContext, SFModel,
                       SFVAE, fit_context)
 
 SF_FOLDER = "self_forcing"  # models/self_forcing: our own list, next to models/diffusion_models
@@ -75,7 +76,7 @@ class SFModelLoader:
                    "models/self_forcing or models/diffusion_models in any layout: official .pt, safetensors, "
                    "ComfyUI checkpoints, diffusers names, scaled fp8. Stream defaults (chunk size, steps, cache "
                    "window) come from the file's metadata when present.")
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
     FUNCTION = "load"
     RETURN_TYPES = (MODEL_TYPE, "STRING")
     RETURN_NAMES = ("sf_model", "info")
@@ -114,7 +115,7 @@ class SFVAELoader:
     DESCRIPTION = ("Loads a streaming video decoder: the full Wan2.1 VAE from models/vae (wan_2.1_vae.safetensors, "
                    "also encodes start images) or a tiny TAEHV decoder from models/vae_approx (taew2_1, "
                    "lighttaew2_1: much faster, lower quality).")
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
     FUNCTION = "load"
     RETURN_TYPES = (VAE_TYPE,)
     RETURN_NAMES = ("sf_vae",)
@@ -143,7 +144,7 @@ class SFVAELoader:
 class SFVAEFromNative:
     DESCRIPTION = ("Uses a native ComfyUI VAE (from 'Load VAE', Wan 2.1) for streaming: its weights are read into "
                    "the Self-Forcing streaming decoder, which keeps its causal cache from chunk to chunk.")
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
     FUNCTION = "convert"
     RETURN_TYPES = (VAE_TYPE,)
     RETURN_NAMES = ("sf_vae",)
@@ -170,7 +171,7 @@ class SFTextEncoderLoader:
     DESCRIPTION = ("Loads the umT5-XXL text encoder from models/text_encoders (umt5_xxl_fp8_e4m3fn_scaled.safetensors, "
                    "the fp16 variant, or the official .pth) with its own tokenizer. Runs on the CPU or visits the GPU "
                    "only while encoding.")
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
     FUNCTION = "load"
     RETURN_TYPES = (TEXT_ENCODER_TYPE,)
     RETURN_NAMES = ("sf_text_encoder",)
@@ -192,7 +193,7 @@ class SFTextEncoderLoader:
 
 class SFTextEncode:
     DESCRIPTION = "Encodes a prompt with the umT5 encoder into the context the stream sampler follows."
-    CATEGORY = CATEGORY
+    CATEGORY = CONDITIONING
     FUNCTION = "encode"
     RETURN_TYPES = (CONTEXT_TYPE,)
     RETURN_NAMES = ("sf_context",)
@@ -226,7 +227,7 @@ class SFConditioningToContext:
     DESCRIPTION = ("Bridges native CONDITIONING (CLIPTextEncode with a CLIPLoader of type 'wan') to the stream "
                    "sampler's context: the embedding is truncated or zero-padded to 512 tokens. Give it the CLIP too "
                    "to allow live prompt switches and prompt schedules.")
-    CATEGORY = CATEGORY
+    CATEGORY = CONDITIONING
     FUNCTION = "convert"
     RETURN_TYPES = (CONTEXT_TYPE,)
     RETURN_NAMES = ("sf_context",)
