@@ -17,27 +17,35 @@ from sf_core.pipeline import PromptSwitch, StreamingPipeline
 from sf_core.media.timing import chunks_for_frames, parse_schedule, schedule_switches
 
 from . import live
+from .categories import CONDITIONING
+from .choices import CACHE_SINK, CACHE_WINDOW, CHECKPOINT, CHUNK_FRAMES, GLOBAL, STEPS
+from .validation import (LENGTH_UNITS, choice_problem, first_problem, length_problem, range_problem,
+                         requested_amount, size_problem)
 from .handles import (CATEGORY, CONTEXT_TYPE, MODEL_TYPE, SCHEDULE_TYPE, START_TYPE, STREAM_TYPE, VAE_TYPE,
                       SFSchedule, SFStart, SFStream, decoder_state, store_decoder_state)
 
 RECORD_CHOICES = ["mp4", "png", "none"]
-LENGTH_UNITS = ["seconds", "frames", "chunks"]
+MAX_LENGTH = 100000.0
+MAX_FPS = 120.0
 OUTPUTS = ("LATENT", "IMAGE", STREAM_TYPE, "STRING")
 OUTPUT_NAMES = ("latent", "images", "sf_stream", "report")
 
 
-def stream_config_for(base, chunk_frames: int, steps: int, cache_window: int, cache_sink: int):
-    """The checkpoint's stream config with the sampler's overrides (0 / -1 keep the checkpoint's value)."""
+def stream_config_for(base, chunk_frames, steps, cache_window, cache_sink):
+    """The checkpoint's stream config with the sampler's choices ("checkpoint" keeps the file's value; the legacy
+    INT widget values 0 / -1 mean the same, see nodes/choices.py)."""
+    chunk_frames, steps = CHUNK_FRAMES.parse(chunk_frames), STEPS.parse(steps)
+    cache_window, cache_sink = CACHE_WINDOW.parse(cache_window), CACHE_SINK.parse(cache_sink)
     changes = {}
-    if chunk_frames > 0:
+    if chunk_frames != CHECKPOINT:
         changes["chunk_frames"] = chunk_frames
-    if steps > 0:
+    if steps != CHECKPOINT:
         changes["denoising_steps"] = tuple(1000.0 * (steps - i) / steps for i in range(steps))
-    if cache_window == -1:
+    if cache_window == GLOBAL:
         changes.update(window=-1, sink=0)
-    elif cache_window > 0:
+    elif cache_window != CHECKPOINT:
         changes["window"] = cache_window
-    if cache_sink >= 0:
+    if cache_sink != CHECKPOINT:
         changes["sink"] = cache_sink
     config = dataclasses.replace(base, **changes)
     if config.window != -1 and config.chunk_frames > config.window - config.sink:
@@ -45,7 +53,7 @@ def stream_config_for(base, chunk_frames: int, steps: int, cache_window: int, ca
                          f"{config.window} frames with {config.sink} sink frames; use a window of at least "
                          f"{config.chunk_frames + config.sink}")
     if config.window == -1 and config.sink:
-        raise ValueError("a cache sink needs a rolling window: set cache_window > 0 or cache_sink to 0")
+        raise ValueError("a cache sink needs a rolling window: set cache_window to a number or cache_sink to 0")
     return config
 
 
@@ -154,8 +162,10 @@ class _LiveStream:
     SF_LIVE_PREVIEW = True
 
     @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return float("nan")  # live control (stop, prompt switches) makes every run different
+    def IS_CHANGED(cls, unique_id=None, **kwargs):
+        """Cached like any node (same inputs, same seed: same video) unless the node's last run was steered live
+        (Stop, a live prompt switch): those runs count, so the next queue runs it again."""
+        return live.MAILBOX.steered_runs(unique_id)
 
 
 class SFStreamSampler(_LiveStream):
@@ -175,21 +185,16 @@ class SFStreamSampler(_LiveStream):
                 "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16,
                                   "tooltip": "Multiple of 16. Self Forcing was trained at 832×480."}),
                 "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
-                "length": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100000.0, "step": 0.5,
+                "length": ("FLOAT", {"default": 5.0, "min": 0.0, "max": MAX_LENGTH, "step": 0.5,
                                      "tooltip": "How much to generate, in the unit below (rounded up to whole chunks)."}),
                 "length_unit": (LENGTH_UNITS,),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 63 - 1}),
-                "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0,
+                "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": MAX_FPS, "step": 1.0,
                                   "tooltip": "Playback rate of the preview and the recording (Wan2.1: 16)."}),
-                "chunk_frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Latent frames per chunk "
-                                         "(1 latent = 4 video frames). 0: the checkpoint's (3 for Self Forcing)."}),
-                "steps": ("INT", {"default": 0, "min": 0, "max": 50, "tooltip": "Denoising steps per chunk. 0: the "
-                                  "checkpoint's (4 for Self Forcing)."}),
-                "cache_window": ("INT", {"default": 0, "min": -1, "max": 4096, "tooltip": "KV cache: 0 = the "
-                                         "checkpoint's setting, -1 = keep everything (memory grows with length), "
-                                         "N = rolling window of N latent frames (bounded memory, endless streams)."}),
-                "cache_sink": ("INT", {"default": -1, "min": -1, "max": 4096, "tooltip": "First latent frames kept "
-                                       "forever in a rolling window (attention sink). -1: the checkpoint's."}),
+                "chunk_frames": CHUNK_FRAMES.widget(),
+                "steps": STEPS.widget(),
+                "cache_window": CACHE_WINDOW.widget(),
+                "cache_sink": CACHE_SINK.widget(),
                 **_record_inputs(),
             },
             "optional": {
@@ -198,6 +203,15 @@ class SFStreamSampler(_LiveStream):
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, length=None, length_unit=None, fps=None, chunk_frames=None,
+                        steps=None, cache_window=None, cache_sink=None):
+        return first_problem(size_problem(width, height), range_problem("fps", fps, 1.0, MAX_FPS),
+                             range_problem("length", length, 0.0, MAX_LENGTH), length_problem(length, length_unit, fps),
+                             *(choice_problem(c, v) for c, v in ((CHUNK_FRAMES, chunk_frames), (STEPS, steps),
+                                                                  (CACHE_WINDOW, cache_window),
+                                                                  (CACHE_SINK, cache_sink))))
 
     def sample(self, sf_model, sf_context, sf_vae, width, height, length, length_unit, seed, fps, chunk_frames,
                steps, cache_window, cache_sink, record, filename_prefix, live_recache, schedule=None, start=None,
@@ -230,9 +244,11 @@ def _num_chunks(length: float, unit: str, fps: float, counts: tuple[int, int], l
     chunk of the decoder in use (Wan: 4·n − 3, 4·n). `lead_frames`: video frames this run outputs before its
     first chunk (a start image; 0 for an extension); None for a fresh stream, whose very first chunk gives
     `first` frames. Every other chunk gives `later`."""
+    if problem := length_problem(length, unit, fps):
+        raise ValueError(problem)
     if unit == "chunks":
-        return max(1, round(length))
-    frames = round(length * fps) if unit == "seconds" else round(length)
+        return round(length)
+    frames = requested_amount(length, unit, fps)
     first, later = counts
     if lead_frames is None:
         return chunks_for_frames(frames, first, later)
@@ -257,7 +273,7 @@ class SFStreamExtend(_LiveStream):
         return {
             "required": {
                 "sf_stream": (STREAM_TYPE,),
-                "length": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100000.0, "step": 0.5}),
+                "length": ("FLOAT", {"default": 5.0, "min": 0.0, "max": MAX_LENGTH, "step": 0.5}),
                 "length_unit": (LENGTH_UNITS, {"default": "seconds"}),
                 "recache": ("BOOLEAN", {"default": False, "tooltip": "With a new prompt: re-encode the cached frames "
                                                                       "under it, so the old prompt stops steering."}),
@@ -269,6 +285,10 @@ class SFStreamExtend(_LiveStream):
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, length=None, length_unit=None):
+        return first_problem(range_problem("length", length, 0.0, MAX_LENGTH), length_problem(length, length_unit))
 
     def extend(self, sf_stream, length, length_unit, recache, record, filename_prefix, live_recache,
                sf_context=None, schedule=None, unique_id=None):
@@ -290,7 +310,7 @@ class SFStreamExtend(_LiveStream):
 class SFPromptSchedule:
     DESCRIPTION = ("Prompt switches at given times, one per line: '0s: a cat', '4.5s: a dog', or 'chunk 6: a bird'. "
                    "Connect to a stream sampler or extend node; times count from that node's first chunk.")
-    CATEGORY = CATEGORY
+    CATEGORY = CONDITIONING
     FUNCTION = "build"
     RETURN_TYPES = (SCHEDULE_TYPE,)
     RETURN_NAMES = ("schedule",)
@@ -315,7 +335,7 @@ class SFPromptSchedule:
 class SFImageToVideoStart:
     DESCRIPTION = ("Starts a stream from an image: the image is encoded with the Wan2.1 VAE and pushed through the "
                    "model's KV cache before the first chunk (needs a full VAE, not a tiny decoder).")
-    CATEGORY = CATEGORY
+    CATEGORY = CONDITIONING
     FUNCTION = "encode"
     RETURN_TYPES = (START_TYPE,)
     RETURN_NAMES = ("start",)
