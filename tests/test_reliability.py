@@ -9,6 +9,7 @@ import resource
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,10 +23,15 @@ from sf_core.media.recording import count_frames, read_video
 from sf_core.model import CausalWanModel
 from sf_core.state import FORMAT
 from sf_core.testing.tiny import TINY_GENERATE_DIT, make_tiny_models_dir, randomize
+from sf_core.train.checkpointing import (ResumeError, checkpoint_problem, load_checkpoint, resume_checkpoint,
+                                         save_checkpoint)
+from sf_core.train.distributed import DistContext, seed_everything
 from sf_core.weights.checkpoint import save_safetensors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width", "32", "--height", "32"]
+CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), strategy="none",
+                  mixed_precision=False)
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +304,72 @@ def test_every_float_option_refuses_non_finite_values(option, value, capsys):
     """argparse takes 'nan' and 'inf' as floats: every float option (also ones added later) must refuse them."""
     assert generate.main([f"{option}={value}", "--dry-run"]) == 2
     assert option in _one_error_line(capsys)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training checkpoints: a damaged latest step falls back to the newest intact one, and says so
+
+
+def _train(out: Path, steps: int) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "sf_core.train", "--config", str(Path(ROOT) / "sf_core/train/configs/tiny_dmd.yaml"),
+           f"run.output_dir={out}", f"run.max_steps={steps}", "run.checkpoint_every=2", "run.keep_checkpoints=0"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(out.parent), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _truncate(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def test_truncated_latest_checkpoint_falls_back_and_resumes_exactly(tmp_path):
+    damaged, clean = tmp_path / "damaged", tmp_path / "clean"
+    _train(damaged, 4)
+    _truncate(damaged / "checkpoints" / "step_00000004" / "generator.safetensors")
+    proc = _train(damaged, 6)
+    assert re.search(r"checkpoint step_00000004 is unusable: .*generator\.safetensors is truncated \(\d+ bytes, "
+                     r"its header describes \d+\)", proc.stderr)
+    assert "resuming from step_00000002, the newest intact checkpoint" in proc.stderr
+    _train(clean, 6)
+    for name in ("generator", "critic", "optim_generator"):
+        a = load_file(str(damaged / "checkpoints" / "step_00000006" / f"{name}.safetensors"))
+        b = load_file(str(clean / "checkpoints" / "step_00000006" / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert checkpoint_problem(damaged / "checkpoints" / "step_00000004") is None  # saved again on the way
+
+
+def test_damaged_checkpoints_are_named_and_never_loaded(tmp_path):
+    net = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(net.parameters())
+    rng = seed_everything(0, 0)
+    for step in (2, 4):
+        save_checkpoint(tmp_path, step, ctx=CPU, modules={"generator": net}, optimizers={"generator": opt}, ema=None,
+                        data_state={}, rng=rng)
+    generator = tmp_path / "step_00000004" / "generator.safetensors"
+    data = generator.read_bytes()
+    generator.write_bytes(data[:8] + b"{garbage" + data[16:])  # a damaged header, the right size
+    with pytest.raises(ResumeError, match=r"checkpoint file .*step_00000004/generator\.safetensors is unreadable"):
+        load_checkpoint(tmp_path / "step_00000004", ctx=CPU, modules={"generator": net},
+                        optimizers={"generator": opt}, rng=rng)
+    path, notes = resume_checkpoint(tmp_path)
+    assert path.name == "step_00000002" and "unreadable header" in notes[0]
+    _truncate(tmp_path / "step_00000002" / "optim_generator.safetensors")
+    with pytest.raises(ResumeError, match=r"no usable checkpoint in .*step_00000004 .*step_00000002 is unusable: "
+                                          r".*optim_generator\.safetensors is truncated"):
+        resume_checkpoint(tmp_path)
+
+
+def test_checkpoint_files_and_folders_are_fsynced_before_they_are_named(tmp_path, monkeypatch):
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)  # the real fsync runs; we only note what it was given
+    net = torch.nn.Linear(4, 4)
+    final = save_checkpoint(tmp_path, 2, ctx=CPU, modules={"generator": net}, optimizers={}, ema=None,
+                            data_state={}, rng=seed_everything(0, 0))
+    tmp = str(tmp_path / ".step_00000002.tmp")
+    for name in os.listdir(final):  # each file under its temporary name, then the folder holding it
+        assert any(re.fullmatch(re.escape(tmp) + rf"/\.{re.escape(name)}\..*tmp", s) for s in synced), name
+    assert synced.count(tmp) >= len(os.listdir(final)) and str(tmp_path) in synced

@@ -9,7 +9,9 @@ A checkpoint is a folder `checkpoints/step_XXXXXXXX/`:
 - `trainer.json` — step, data positions, world size (written last).
 It is assembled in `.step_XXXXXXXX.tmp/`, renamed into place, and then `checkpoints/latest` (a one-line
 file naming the folder) is replaced atomically, so a crash at any moment leaves the previous checkpoint
-intact and `latest` always names a complete one.
+intact and `latest` always names a complete one. Every file is fsynced before its rename, and the
+folders after theirs. On resume (`resume_checkpoint`) a step folder whose tensor files are truncated
+or damaged is skipped, with a note, for the newest intact earlier one (keep >= 2 to have one).
 
 With FSDP2 every rank takes part in gathering full state dicts (`torch.distributed.checkpoint.state_dict`
 helpers with `full_state_dict=True`); rank 0 writes them; on resume every rank reads the full tensors and
@@ -26,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
-from sf_core.weights.checkpoint import save_safetensors, write_safetensors_atomic
+from sf_core.weights.checkpoint import fsync_dir, save_safetensors, write_safetensors_atomic
+from sf_core.weights.integrity import safetensors_problem
 from sf_core.config import ModelConfig, StreamConfig
 
 from .distributed import DistContext
@@ -109,8 +112,12 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, str], shared: 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise ResumeError(f"checkpoint file {path} is missing")
-    with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
+    except SafetensorError as exc:
+        raise ResumeError(f"checkpoint file {path} is unreadable ({exc}); resume from an earlier step folder "
+                          "(run.resume=<folder>)") from None
 
 
 def _write_json_atomic(path: Path, data) -> None:
@@ -120,14 +127,6 @@ def _write_json_atomic(path: Path, data) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
@@ -141,6 +140,34 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return path
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """What makes a step folder unusable (no trainer.json, a truncated or damaged tensor file), else None.
+    Reads file headers only."""
+    if not (path / TRAINER_FILE).is_file():
+        return f"{path} has no {TRAINER_FILE}"
+    return next(filter(None, map(safetensors_problem, sorted(path.glob("*.safetensors")))), None)
+
+
+def resume_checkpoint(folder: str | Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from: the one `latest` names, else (damaged) the newest intact earlier step,
+    with a note for each one skipped; (None, []) without a `latest`."""
+    folder = Path(folder)
+    pointer = folder / LATEST
+    if not pointer.is_file():
+        return None, []
+    named = folder / pointer.read_text().strip()
+    earlier = sorted((p for p in folder.glob("step_*") if p.is_dir() and p.name < named.name), reverse=True)
+    notes = []
+    for path in [named, *earlier]:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if notes:
+                notes.append(f"resuming from {path.name}, the newest intact checkpoint")
+            return path, notes
+        notes.append(f"checkpoint {path.name} is unusable: {problem}")
+    raise ResumeError(f"no usable checkpoint in {folder}: " + "; ".join(notes))
+
+
 def step_folder_name(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -152,7 +179,7 @@ def save_checkpoint(folder: str | Path, step: int, *, ctx: DistContext, modules:
     folder = Path(folder)
     name = step_folder_name(step)
     tmp, final = folder / f".{name}.tmp", folder / name
-    if (final / TRAINER_FILE).is_file():
+    if checkpoint_problem(final) is None:
         # this step is already saved (a resumed run that had nothing left to do): the state is the same,
         # and replacing the folder would leave `latest` dangling for a moment
         if ctx.is_main:
@@ -184,7 +211,8 @@ def save_checkpoint(folder: str | Path, step: int, *, ctx: DistContext, modules:
         _write_json_atomic(tmp / TRAINER_FILE, {"step": step, "data": data_state, "world_size": ctx.world_size,
                                                 "modules": sorted(modules), "ema": ema is not None,
                                                 **(extra or {})})
-        if final.exists():  # an incomplete folder (no trainer.json) from a crash during an earlier rename
+        fsync_dir(tmp)  # every file and its name are on disk before the folder is renamed into place
+        if final.exists():  # an incomplete or damaged folder (a crash during an earlier save)
             shutil.rmtree(final)
         os.replace(tmp, final)
         _point_latest(folder, name)
@@ -195,11 +223,11 @@ def save_checkpoint(folder: str | Path, step: int, *, ctx: DistContext, modules:
 
 
 def _point_latest(folder: Path, name: str) -> None:
-    _fsync_dir(folder)
+    fsync_dir(folder)
     pointer_tmp = folder / f".{LATEST}.tmp"
     pointer_tmp.write_text(name + "\n")
     os.replace(pointer_tmp, folder / LATEST)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _prune(folder: Path, keep: int, current: Path) -> None:

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from sf_core.config import ModelConfig
 
-from .checkpointing import (export_generator, latest_checkpoint, load_checkpoint, load_ema_state,
+from .checkpointing import (export_generator, load_checkpoint, load_ema_state, resume_checkpoint,
                             save_checkpoint)
 from .config import TINY_PREFIX, TrainConfig
 from .data import BatchSource, EmbeddingCache, latent_dataset, ode_pair_dataset, read_prompts
@@ -121,7 +121,9 @@ class Trainer:
         if cfg.run.resume == "never":
             path = None
         elif cfg.run.resume == "auto":
-            path = latest_checkpoint(self.ckpt_dir)
+            path, skipped = resume_checkpoint(self.ckpt_dir)
+            for note in skipped:
+                self.logger.note(note)
         else:
             path = Path(cfg.run.resume)
         if self.ctx.is_main:
