@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from e2e.hosts import in_core_tree
 from e2e.tiny_files import DIT_SAFETENSORS, TINY_DECODER, VAE
 
 pytestmark = pytest.mark.e2e
@@ -77,7 +78,7 @@ def test_every_node_is_registered_with_its_files(comfy, models):
     info = comfy.object_info()
     for node_type in OUR_NODES:
         assert node_type in info, f"{node_type} missing from /object_info; see the server log"
-        assert info[node_type]["category"].startswith("Self-Forcing")
+        assert in_core_tree(info[node_type]["category"], info), (node_type, info[node_type]["category"])
         assert info[node_type]["description"], node_type
     models_listed = info["SFModelLoader"]["input"]["required"]["model_name"][0]
     assert {"self_forcing_dmd.pt", DIT_SAFETENSORS} <= set(models_listed)
@@ -229,12 +230,13 @@ def test_wrong_model_type_gives_a_readable_error(comfy, models):
     assert "vae_by_mistake.safetensors" in message and "Wan 2.1 VAE" in message and "models/vae" in message
 
 
-def test_odd_size_gives_a_readable_error(comfy, models):
+def test_odd_size_is_rejected_when_queued(comfy, models):
     graph = workflow("t2v_stream")
     graph[node_of(graph, "SFStreamSampler")]["inputs"]["width"] = 40
-    _, messages = run(comfy, graph)
-    message = error_message(messages)
-    assert "multiples of 16" in message and "40" in message
+    with pytest.raises(Exception) as rejected:
+        comfy.post_prompt(graph)
+    assert type(rejected.value).__name__ == "PromptRejected" and rejected.value.status == 400
+    assert "width 40 is not a multiple of 16" in json.dumps(rejected.value.body["node_errors"])
 
 
 def test_image_start_needs_an_encoder(comfy, models):
