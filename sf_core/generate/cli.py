@@ -20,6 +20,8 @@ import torch
 from sf_core.generate import files as model_files
 from sf_core.generate.files import ModelFiles
 from sf_core.generate import checks, inputs
+from sf_core.speed.overlap import decode_stream
+from sf_core.speed.settings import SpeedError, SpeedSettings, accelerate, add_speed_arguments, speed_from_args
 from sf_core.generate.checks import UsageError
 from sf_core.generate.bundle import FileProblem, decoder_class, load_bundle, problem
 from sf_core.config import DTYPES, LONG_DTYPE_NAMES, ModelConfig, StreamConfig
@@ -91,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text-encoder", type=Path, help="umT5-XXL: umt5_xxl_*.safetensors or "
                                                      "models_t5_umt5-xxl-enc-bf16.pth (models/text_encoders)")
     g.add_argument("--vae", type=Path, help="Wan2.1 VAE: wan_2.1_vae.safetensors or Wan2.1_VAE.pth (models/vae)")
-    g.add_argument("--decoder", choices=("vae", "tiny"), default=None,
-                   help="full Wan2.1 VAE (default) or the tiny TAEHV preview decoder (needs --taehv or --models-dir)")
+    g.add_argument("--decoder", choices=("vae", "tiny", "taehv"), default=None,
+                   help="full Wan2.1 VAE (default) or the tiny TAEHV decoder ('tiny' = 'taehv'; needs --taehv or "
+                        "--models-dir)")
     g.add_argument("--taehv", type=Path, help="TAEHV tiny decoder: taew2_1.safetensors / lighttaew2_1 "
                                               "(models/vae_approx); implies --decoder tiny")
     g.add_argument("--models-dir", type=Path, help="a ComfyUI models folder: files not given are looked up there "
@@ -133,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume-state", type=Path, help="continue a stream saved with --save-state (same model files)")
     g.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     inputs.add_arguments(p)
+    add_speed_arguments(p)
     return p
 
 
@@ -162,6 +166,7 @@ class Plan:
     first_frame: int = 0                      # frames the resumed stream wrote before this run
     v2v: inputs.V2VInput | None = None        # --input-video
     loras: list[tuple[Path, float]] = field(default_factory=list)   # --lora FILE:STRENGTH, merged
+    speed: SpeedSettings = field(default_factory=SpeedSettings)       # --speed and the speed switches
 
     def outputs(self) -> RunOutputs:
         return RunOutputs(self.out, self.png_dir, self.save_state, self.resume_state, self.overwrite,
@@ -184,6 +189,7 @@ class Plan:
             ("stream", f"chunk_frames={s.chunk_frames} steps={list(s.denoising_steps)} shift={s.shift} "
                        f"window={s.window} sink={s.sink} ({self.stream_source})"),
             ("seed", self.seed), ("device", self.device), ("dtype", str(self.dtype).replace("torch.", "")),
+            ("speed", self.speed.describe()),
             ("out", self.out), ("png dir", self.png_dir), ("save state", self.save_state),
             ("resume state", self.resume_state),
         ]
@@ -227,7 +233,7 @@ def _stored_stream_config(path: Path) -> StreamConfig | None:
 
 def resolve_files(args) -> ModelFiles:
     given = {"checkpoint": args.checkpoint, "text_encoder": args.text_encoder, "vae": args.vae, "taehv": args.taehv}
-    tiny = args.decoder == "tiny" or args.taehv is not None
+    tiny = args.decoder in ("tiny", "taehv") or args.taehv is not None
     if args.decoder == "vae" and args.taehv is not None:
         raise UsageError("--decoder vae and --taehv contradict each other")
     if not any(given.values()) and args.models_dir is None and not args.download:
@@ -360,6 +366,10 @@ def resolve(args) -> Plan:
                 args.png_dir, args.save_state, args.resume_state, notes)
     plan.overwrite = args.overwrite
     plan.v2v, plan.loras = v2v, loras
+    try:
+        plan.speed = speed_from_args(args, device, dtype)
+    except SpeedError as exc:
+        raise UsageError(str(exc)) from None
     plan.first_frame = int(header["info"].get("frames_written", 0)) if header is not None else 0
     plan.outputs().check()
     return plan
@@ -468,7 +478,8 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
     contexts = _encode(bundle, prompts, model.config.text_dim, plan.files)
     bundle.encode = None  # the text encoder is no longer needed: free it
 
-    pipe = StreamingPipeline(model, plan.stream, device=plan.device, dtype=plan.dtype)
+    print(f"speed: {plan.speed.describe()}", file=sys.stderr, flush=True)
+    pipe = StreamingPipeline(accelerate(model, plan.speed), plan.stream, device=plan.device, dtype=plan.dtype)
     stride = decoder.spatial_stride
     h, w = plan.height // stride, plan.width // stride
     if plan.resume_state is not None:
@@ -485,14 +496,17 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
     culprits = {"dit": {f"--checkpoint {plan.files.checkpoint}": model},
                 "decoder": {f"the decoder {plan.files.decoder or plan.files.decoder_kind}": _weights(decoder)}}
     interrupted = False
+    skip_last = plan.speed.skip_last_cache_pass  # the stream is not saved, so never continued: 1 pass fewer
     try:
         with GracefulStop() as stop:
             started = time.perf_counter()
             chunks = (inputs.v2v_chunks(plan.v2v, pipe, state, decoder, plan.height, plan.width, switches)
-                      if plan.v2v else pipe.stream(state, plan.chunks, switches))
-            for chunk in chunks:
+                      if plan.v2v else pipe.stream(state, plan.chunks, switches, commit_last=not skip_last))
+            # with overlap the DiT runs ahead in a thread; a stop request still yields every chunk already made
+            overlap = plan.speed.overlap_decode and not plan.v2v  # V2V encodes its input in the loop: sequential
+            for chunk, frames in decode_stream(chunks, decoder, pipe.device, overlap, stop=lambda: stop.requested):
                 _check(plan, recorder, f"chunk {chunk.index - base}", chunk.latents, culprits["dit"])
-                frames = decoder.decode_chunk(chunk.latents)[0]  # [T, 3, H, W] in [-1, 1]
+                frames = frames[0]  # [T, 3, H, W] in [-1, 1]
                 _check(plan, recorder, f"decoded chunk {chunk.index - base}", frames, culprits["decoder"])
                 if plan.frame_limit is not None:
                     frames = frames[: plan.frame_limit - recorder.frames_written]

@@ -65,7 +65,7 @@ class SpeedSettings:
 
     @property
     def output_preserving(self) -> bool:
-        return not (self.compile or self.fp8 or self.rope == "fast" or self.attention is not None)
+        return not (self.compile or self.fp8 or self.rope == "fast" or self.attention is not None)  # kernels differ
 
     def describe(self) -> str:
         on = [name for name, value in (("compile", self.compile), ("cuda graphs", self.cuda_graphs),
@@ -186,4 +186,6 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
 def speed_from_args(args, device, dtype: torch.dtype, caps: Capabilities | None = None) -> SpeedSettings:
     overrides = {k: getattr(args, k) for k in ("compile", "cuda_graphs", "attention", "rope", "fp8",
                                                "overlap_decode")}
+    if getattr(args, "save_state", None) is not None:
+        overrides["skip_last_cache_pass"] = False  # a saved stream is continued: its last chunk must be cached
     return resolve_speed(args.speed, device, dtype, overrides, caps)
