@@ -6,6 +6,11 @@ Browser -> running node: HTTP routes `/sf/stop`, `/sf/prompt`, `/sf/status` drop
 thread-safe mailbox keyed by node id, which the node polls between chunks (the routes run on the
 server's event-loop thread, the node on the execution thread).
 
+A stream is addressed by its execution and node locator: `node` is the id ComfyUI executes (inside a subgraph
+a path such as "12:5"), and `prompt_id` the execution it belongs to. A request that names a prompt_id reaches
+only that execution's stream, so a second tab showing the same workflow cannot steer another tab's run; the
+widget always sends both (requests without a prompt_id, e.g. from scripts, reach whatever runs on that node).
+
 Works without ComfyUI (no server: events are dropped), so it can be unit-tested anywhere.
 """
 from __future__ import annotations
@@ -37,13 +42,20 @@ class ControlMailbox:
         self._prompt: dict[str, str] = {}
         self._steered: dict[str, int] = {}   # node -> runs that took a live request (stop, prompt switch)
 
-    def begin(self, node_id, **info) -> None:
-        """Mark a stream as running and drop stale requests left over from an earlier run."""
+    def begin(self, node_id, prompt_id=None, **info) -> None:
+        """Mark a stream as running (of execution `prompt_id`, default: the one the server runs now) and drop
+        stale requests left over from an earlier run."""
         node_id = str(node_id)
+        prompt_id = prompt_id or getattr(_server(), "last_prompt_id", None)
         with self._lock:
             self._stop.discard(node_id)
             self._prompt.pop(node_id, None)
-            self._streams[node_id] = {"started": time.time(), **info}
+            self._streams[node_id] = {"started": time.time(), "prompt_id": prompt_id, **info}
+
+    def _running(self, node_id: str, prompt_id) -> bool:
+        """A stream runs on `node_id` (of execution `prompt_id`, when given); the lock is held."""
+        stream = self._streams.get(node_id)
+        return stream is not None and (prompt_id is None or stream["prompt_id"] == prompt_id)
 
     def update(self, node_id, **info) -> None:
         with self._lock:
@@ -61,21 +73,21 @@ class ControlMailbox:
         with self._lock:
             return str(node_id) in self._streams
 
-    def request_stop(self, node_id) -> bool:
+    def request_stop(self, node_id, prompt_id=None) -> bool:
         """Ask a running stream to finish its current chunk and return. False if it is not running."""
         node_id = str(node_id)
         with self._lock:
-            if node_id not in self._streams:
+            if not self._running(node_id, prompt_id):
                 return False
             self._stop.add(node_id)
             self._steer(node_id)
             return True
 
-    def request_prompt(self, node_id, text: str) -> bool:
+    def request_prompt(self, node_id, text: str, prompt_id=None) -> bool:
         """Ask a running stream to switch to `text` from its next chunk. False if it is not running."""
         node_id = str(node_id)
         with self._lock:
-            if node_id not in self._streams:
+            if not self._running(node_id, prompt_id):
                 return False
             self._prompt[node_id] = text
             self._steer(node_id)
@@ -198,27 +210,29 @@ def register_routes() -> bool:
         except ValueError:
             body = None
         if not isinstance(body, dict) or body.get("node") in (None, ""):
-            raise web.HTTPBadRequest(text='expected a JSON body like {"node": "<node id>"}')
-        return body, str(body["node"])
+            raise web.HTTPBadRequest(text='expected a JSON body like {"node": "<node id>", "prompt_id": "<id>"}')
+        prompt_id = body.get("prompt_id")
+        return body, str(body["node"]), (None if prompt_id in (None, "") else str(prompt_id))
 
-    def not_running(node_id):
-        return web.json_response({"ok": False, "error": f"node {node_id} is not streaming"}, status=409)
+    def not_running(node_id, prompt_id):
+        run = "" if prompt_id is None else f" for prompt {prompt_id}"
+        return web.json_response({"ok": False, "error": f"node {node_id} is not streaming{run}"}, status=409)
 
     @server.routes.post("/sf/stop")
     async def stop(request):
-        _, node_id = await read_node(request)
-        if not MAILBOX.request_stop(node_id):
-            return not_running(node_id)
+        _, node_id, prompt_id = await read_node(request)
+        if not MAILBOX.request_stop(node_id, prompt_id):
+            return not_running(node_id, prompt_id)
         return web.json_response({"ok": True, "node": node_id})
 
     @server.routes.post("/sf/prompt")
     async def switch_prompt(request):
-        body, node_id = await read_node(request)
+        body, node_id, prompt_id = await read_node(request)
         text = body.get("text")
         if not isinstance(text, str) or not text.strip():
             raise web.HTTPBadRequest(text='expected a non-empty "text" string')
-        if not MAILBOX.request_prompt(node_id, text):
-            return not_running(node_id)
+        if not MAILBOX.request_prompt(node_id, text, prompt_id):
+            return not_running(node_id, prompt_id)
         return web.json_response({"ok": True, "node": node_id})
 
     @server.routes.get("/sf/status")

@@ -4,12 +4,15 @@
 //   sf.stream.chunk {node, prompt_id, chunk_index, fps, frames: [base64 JPEG], width, height,
 //                    latency_ms, cache_frames, total_frames}
 //   sf.stream.done  {node, prompt_id, chunks, total_frames, reason}
-// Control routes: POST /sf/stop {node}, POST /sf/prompt {node, text}; GET /sf/status.
+// Control routes: POST /sf/stop {node, prompt_id}, POST /sf/prompt {node, prompt_id, text}; GET /sf/status.
+// `node` is the executed node's locator ("5", or "12:5" for node 5 inside subgraph node 12) and `prompt_id`
+// the execution: a tab only steers streams it received, so two tabs of one workflow never cross.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const WIDGET_NAME = "sf_preview";
-const MAX_QUEUED_FRAMES = 2048; // drop the oldest frames beyond this (a tab that fell far behind)
+const MAX_QUEUED_BYTES = 256 * 1024 * 1024; // decoded RGBA frames waiting to be drawn; the oldest go first
+const MIN_QUEUED_FRAMES = 16;
 let previewNodeTypes = new Set();
 
 function decodeFrame(base64) {
@@ -22,13 +25,15 @@ class Player {
   constructor(node) {
     this.node = node;
     this.promptId = null;
+    this.streamNode = null;   // the locator the stream's events carry
     this.queue = [];          // decoded frames waiting to be drawn, in order
+    this.animating = false;   // a requestAnimationFrame loop runs only while frames wait
     this.pending = Promise.resolve(); // keeps chunk decoding in arrival order
     this.fps = 16;
     this.nextDue = 0;
     this.drawTimes = [];
-    this.stats = { chunks: 0, framesReceived: 0, framesDrawn: 0, lastChunk: -1, latencyMs: null,
-                   cacheFrames: null, totalFrames: 0, done: null };
+    this.stats = { chunks: 0, framesReceived: 0, framesDrawn: 0, framesDropped: 0, maxQueued: 0, lastChunk: -1,
+                   latencyMs: null, cacheFrames: null, totalFrames: 0, done: null };
     this.buildDom();
     this.removed = false;
     const onRemoved = node.onRemoved;
@@ -38,6 +43,11 @@ class Player {
     };
     node.sfPlayer = this;
     this.tick = this.tick.bind(this);
+  }
+
+  wake() {
+    if (this.animating || this.removed || !this.queue.length) return;
+    this.animating = true;
     requestAnimationFrame(this.tick);
   }
 
@@ -93,11 +103,19 @@ class Player {
     return reply;
   }
 
-  stop() { return this.post("/sf/stop", { node: String(this.node.id) }); }
+  control(path, extra = {}) {
+    if (!this.promptId) {  // e.g. a second tab: the stream on this node (if any) was queued elsewhere
+      this.setStatus("no stream from this tab on this node");
+      return Promise.resolve({});
+    }
+    return this.post(path, { node: this.streamNode, prompt_id: this.promptId, ...extra });
+  }
+
+  stop() { return this.control("/sf/stop"); }
 
   switchPrompt() {
     const text = this.promptInput.value.trim();
-    if (text) return this.post("/sf/prompt", { node: String(this.node.id), text });
+    if (text) return this.control("/sf/prompt", { text });
   }
 
   reset(promptId) {
@@ -105,19 +123,27 @@ class Player {
     this.queue = [];
     this.drawTimes = [];
     this.nextDue = 0;
-    this.stats = { chunks: 0, framesReceived: 0, framesDrawn: 0, lastChunk: -1, latencyMs: null,
-                   cacheFrames: null, totalFrames: 0, done: null };
+    this.stats = { chunks: 0, framesReceived: 0, framesDrawn: 0, framesDropped: 0, maxQueued: 0, lastChunk: -1,
+                   latencyMs: null, cacheFrames: null, totalFrames: 0, done: null };
+  }
+
+  maxQueuedFrames(width, height) {
+    return Math.max(MIN_QUEUED_FRAMES, Math.floor(MAX_QUEUED_BYTES / (4 * width * height)));
   }
 
   onChunk(chunk) {
     if (chunk.prompt_id !== this.promptId) this.reset(chunk.prompt_id);
+    this.streamNode = String(chunk.node);
     this.fps = chunk.fps > 0 ? chunk.fps : this.fps;
     this.pending = this.pending.then(async () => {
       const frames = await Promise.all(chunk.frames.map(decodeFrame));
       if (chunk.prompt_id !== this.promptId) return;
       this.queue.push(...frames);
-      if (this.queue.length > MAX_QUEUED_FRAMES) this.queue.splice(0, this.queue.length - MAX_QUEUED_FRAMES);
+      const excess = this.queue.length - this.maxQueuedFrames(chunk.width, chunk.height);
+      if (excess > 0) this.queue.splice(0, excess);  // a tab that fell far behind skips ahead
       Object.assign(this.stats, {
+        framesDropped: this.stats.framesDropped + Math.max(0, excess),
+        maxQueued: Math.max(this.stats.maxQueued, this.queue.length),
         chunks: this.stats.chunks + 1, framesReceived: this.stats.framesReceived + frames.length,
         lastChunk: chunk.chunk_index, latencyMs: chunk.latency_ms, cacheFrames: chunk.cache_frames,
         totalFrames: chunk.total_frames ?? this.stats.framesReceived + frames.length,
@@ -129,6 +155,7 @@ class Player {
         this.canvas.style.imageRendering = Math.max(chunk.width, chunk.height) < 128 ? "pixelated" : "auto";
       }
       this.updateReadout();
+      this.wake();
     }).catch((error) => this.setStatus(`preview error: ${error}`));
   }
 
@@ -141,8 +168,11 @@ class Player {
   }
 
   tick(now) {
-    if (this.removed) return;
-    if (this.queue.length && now >= this.nextDue) {
+    if (this.removed || !this.queue.length) {  // idle: no loop until the next chunk wakes it
+      this.animating = false;
+      return;
+    }
+    if (now >= this.nextDue) {
       const frame = this.queue.shift();
       this.canvas.getContext("2d").drawImage(frame, 0, 0, this.canvas.width, this.canvas.height);
       this.stats.framesDrawn += 1;
@@ -179,10 +209,21 @@ class Player {
   setStatus(text) { this.readout.textContent = text; }
 }
 
+// The graph node an executed locator names: "5" at the root, "12:5" = node 5 inside subgraph node 12.
+function nodeAt(locator) {
+  let graph = app.graph;
+  let node = null;
+  for (const id of String(locator).split(":")) {
+    node = graph?.getNodeById(Number(id)) ?? graph?.getNodeById(id) ?? null;
+    if (!node) return null;
+    graph = node.subgraph;
+  }
+  return node;
+}
+
 // The player of a graph node, created on first use (e.g. a stream node unknown at page load).
-function playerFor(nodeId) {
-  const key = String(nodeId);
-  const node = app.graph?.getNodeById(Number(key)) ?? app.graph?.getNodeById(key);
+function playerFor(locator) {
+  const node = nodeAt(locator);
   if (!node) return null;
   return node.sfPlayer ?? new Player(node);
 }
@@ -202,7 +243,7 @@ app.registerExtension({
   async setup() {
     api.addEventListener("sf.stream.chunk", ({ detail }) => playerFor(detail.node)?.onChunk(detail));
     api.addEventListener("sf.stream.done", ({ detail }) => playerFor(detail.node)?.onDone(detail));
-    window.sfPreview = { playerFor };
+    window.sfPreview = { playerFor, nodeAt };
     console.log("[sf_preview] ready");
   },
 

@@ -89,3 +89,24 @@ def test_ui_workflows_are_the_api_workflows(comfy, models, browser_ready, tmp_pa
                 widgets = nodes[node_id]["widgets_values"]
                 widgets = list(widgets.values()) if isinstance(widgets, dict) else widgets
                 assert all(v in widgets for v in literals), (path.name, node_id, literals, widgets)
+
+
+def test_live_control_reaches_only_the_tab_and_subgraph_node_that_runs_the_stream(comfy, browser_ready, tmp_path):
+    """Two tabs with one workflow; tab A runs the streaming node inside a subgraph (executed as "<sub>:<id>")."""
+    workflow = {"1": {"class_type": "SFPreviewTestPattern", "inputs": {
+        "text": "tabs", "width": 64, "height": 48, "chunks": 400, "frames_per_chunk": 3, "fps": 8.0,
+        "chunk_seconds": 0.15}}}
+    path = tmp_path / "control.json"
+    path.write_text(json.dumps(workflow))
+    result = node_script("control.mjs", comfy.base_url, str(path), str(tmp_path))
+    assert "failure" not in result, result["failure"]
+    assert result["locator"] == f"{result['subgraphNode']}:1"
+    tab_b = result["tabB"]
+    assert tab_b["chunks"] == 0 and "no stream from this tab" in tab_b["readout"]
+    assert tab_b["foreignStatus"] == 409 and result["stillStreamingAfterTabB"]
+    tab_a = result["tabA"]
+    assert tab_a["streamNode"] == result["locator"] and tab_a["stats"]["done"] == "stopped"
+    assert 3 <= tab_a["stats"]["chunks"] < 400 and tab_a["stats"]["framesDrawn"] == tab_a["stats"]["framesReceived"]
+    assert not tab_a["animating"], "the player keeps animating while idle"
+    assert tab_a["stats"]["maxQueued"] <= tab_a["maxQueuedFrames"]
+    assert not result["errors"], result["errors"]

@@ -86,3 +86,15 @@ def test_mailbox_is_consistent_under_concurrent_requests():
 
 def test_routes_are_not_registered_outside_comfyui():
     assert live.register_routes() is False
+
+
+def test_requests_naming_another_execution_do_not_reach_the_stream():
+    """Two tabs, one workflow: only the tab that queued prompt 'p1' (it names p1) steers node 12:5's stream."""
+    mailbox = live.ControlMailbox()
+    mailbox.begin("12:5", prompt_id="p1")  # a node inside a subgraph: its executed id is a locator path
+    assert mailbox.status()["12:5"]["prompt_id"] == "p1"
+    assert not mailbox.request_stop("12:5", prompt_id="p0") and not mailbox.request_prompt("12:5", "x", "p0")
+    assert not mailbox.request_stop("5", prompt_id="p1")  # the same inner id at the root is another node
+    assert not mailbox.stop_requested("12:5") and mailbox.steered_runs("12:5") == 0
+    assert mailbox.request_prompt("12:5", "a dog", prompt_id="p1") and mailbox.take_prompt("12:5") == "a dog"
+    assert mailbox.request_stop("12:5") and mailbox.stop_requested("12:5")  # scripts may omit the prompt_id
