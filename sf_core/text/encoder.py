@@ -284,6 +284,10 @@ class TextEncoder:
     def clear_cache(self) -> None:
         self._cache.clear()
 
+    def truncation(self, prompt: str) -> str | None:
+        """A note when `prompt` is cut to the tokenizer's length (sf_core.text.limits), else None."""
+        return self.tokenizer.truncation(prompt)
+
     @torch.no_grad()
     def encode(self, prompts: list[str] | str) -> torch.Tensor:
         """Embeddings `[B, seq_len, dim]` in the encoder's dtype on `device`; rows past EOS are exactly 0."""

@@ -13,6 +13,8 @@ from pathlib import Path
 import sentencepiece
 import torch
 
+from sf_core.text.limits import truncation_note
+
 try:  # the official cleaning runs ftfy.fix_text first; it is optional here
     import ftfy
 except ImportError:  # pragma: no cover - depends on the environment
@@ -70,6 +72,10 @@ class UMT5Tokenizer:
         """Cleaned, truncated ids of one prompt, ending with EOS (no padding)."""
         ids = self.processor.encode(clean_whitespace(prompt))
         return ids[: self.seq_len - 1] + [self.eos_id]
+
+    def truncation(self, prompt: str) -> str | None:
+        """A note when the prompt (with its EOS) is longer than `seq_len` and loses its end, else None."""
+        return truncation_note(prompt, len(self.processor.encode(clean_whitespace(prompt))) + 1, self.seq_len)
 
     def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return `ids` and `mask`, both int64 `[B, seq_len]`."""

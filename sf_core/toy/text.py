@@ -19,6 +19,8 @@ import struct
 
 import torch
 
+from sf_core.text.limits import truncation_note
+
 from .world import BACKGROUND_COLOURS, MOTION_PHRASES, OBJECT_COLOURS, SHAPES
 
 SEPARATORS = (",", "and", "on")
@@ -69,15 +71,17 @@ class ToyTextEncoder:
         seg = torch.zeros_like(ids)
         lengths = torch.zeros(len(prompts), dtype=torch.long)
         for b, prompt in enumerate(prompts):
-            tokens = tokenize(prompt)
-            if len(tokens) > self.max_len:
-                raise ValueError(f"toy text encoder: {len(tokens)} tokens > max_len {self.max_len}: {prompt[:80]!r}")
+            tokens = tokenize(prompt)[: self.max_len]  # like umT5: the end of an over-long prompt is cut
             s = 0
             for i, t in enumerate(tokens):
                 s += t in SEPARATORS
                 ids[b, i], seg[b, i] = VOCAB.index(t), s
             lengths[b] = len(tokens)
         return ids, seg, lengths
+
+    def truncation(self, prompt: str) -> str | None:
+        """A note when `prompt` has more words than `max_len` and loses its end (sf_core.text.limits), else None."""
+        return truncation_note(prompt, len(tokenize(prompt)), self.max_len)
 
     def __call__(self, prompts: list[str] | str, device: torch.device | str | None = None) -> torch.Tensor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
