@@ -227,7 +227,7 @@ class CausalWanModel(nn.Module):
         self.head = Head(cfg)
         if cfg.model_type == "i2v":
             self.img_emb = ImageEmbedding(cfg)
-        self._time_memo: dict | None = {}  # see embed_time; None turns the reuse off
+        self._time_memo: dict | None = None  # see embed_time: {} turns the reuse on (the speed levels do)
 
     # -- shared pieces ----------------------------------------------------------------------------------
     @property
@@ -248,9 +248,11 @@ class CausalWanModel(nn.Module):
     def embed_time(self, t: torch.Tensor, frames: int):
         """t [B, F] or [B] -> e [B, F, D], e0 [B, F, 6, D].
 
-        Without autograd, the result for a timestep tensor seen before (the same tensor object, unmodified,
-        same time-path weights) is reused: a stream has 5 timestep values, each passed as one tensor that the
-        pipeline keeps, so the time MLP runs 5 times per stream instead of 5 times per chunk."""
+        With the memo on (`_time_memo = {}`, set by `sf_core.speed.settings.accelerate`; off by default, so
+        training never sees it) and without autograd, the result for a timestep tensor seen before (the same
+        tensor object, unmodified, same time-path weights) is reused: a stream has 5 timestep values, each
+        passed as one tensor that the pipeline keeps, so the time MLP runs 5 times per stream instead of 5
+        times per chunk."""
         memo = self._time_memo
         key = None
         if memo is not None and not torch.is_grad_enabled() and not _tracing() and not _untracked(t, self):

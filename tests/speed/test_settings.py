@@ -54,6 +54,7 @@ def test_accelerate_leaves_the_model_alone_and_reuses_its_forward(tiny_model):
     fast = accelerate(tiny_model, settings)
     assert isinstance(fast, FastForward) and accelerate(tiny_model, settings) is fast
     assert fast.model.rope == "fast" and tiny_model.rope == "exact"
+    assert fast.model._time_memo is not None and tiny_model._time_memo is None, "the memo is a speed-level feature"
     assert {b.self_attn.backend for b in fast.model.blocks} == {"math"}
     assert {b.self_attn.backend for b in tiny_model.blocks} == {"sdpa"}
     assert all(a is b for a, b in zip(fast.model.parameters(), tiny_model.parameters())), "weights shared"
