@@ -149,23 +149,24 @@ def dit_activation_peak(config: ModelConfig, latent_hw: tuple[int, int], chunk_f
         return traced_peak(lambda: model(x, t, context, cache, start))
 
 
-def _decoder_module(kind: str):
+def decoder_module(kind: str, config=None):
+    """(module, streaming decoder) of the released shapes, or of `config` (a VAEConfig / TAEHV kwargs)."""
     if kind == "wan":
-        from .vae.wan import StreamingDecoder, WanVAE
-        vae = WanVAE(with_encoder=False)
+        from .vae.wan import StreamingDecoder, VAEConfig, WanVAE
+        vae = WanVAE(config or VAEConfig(), with_encoder=False)
         return vae, StreamingDecoder(vae)
     from .vae.taehv import TAEHV, StreamingTAEHVDecoder
-    model = TAEHV(with_encoder=False)
+    model = TAEHV(**{**(config or {}), "with_encoder": False})
     return model, StreamingTAEHVDecoder(model)
 
 
 def decoder_phase(kind: str, latent_hw: tuple[int, int], chunk_frames: int, batch: int,
-                  dtype: torch.dtype) -> tuple[int, int, int]:
+                  dtype: torch.dtype, config=None) -> tuple[int, int, int]:
     """(weights, causal state after one chunk, activation peak of a later chunk's decode) in bytes."""
     h, w = latent_hw
     with fake_mode():
         with default_dtype(dtype):
-            module, decoder = _decoder_module(kind)
+            module, decoder = decoder_module(kind, config)
         z = torch.empty(batch, chunk_frames, 16, h, w)
         decoder.decode_chunk(z)  # the first chunk starts the causal state
         state = list(decoder.state_dict().values())
@@ -173,12 +174,12 @@ def decoder_phase(kind: str, latent_hw: tuple[int, int], chunk_frames: int, batc
         return nbytes(module), sum(t.numel() * t.dtype.itemsize for t in state), peak
 
 
-def text_encoder_phase(dtype: torch.dtype, batch: int = 1, seq_len: int = 512) -> tuple[int, int]:
-    """(umT5-XXL weights, activation peak of one encode) in bytes."""
+def text_encoder_phase(dtype: torch.dtype, batch: int = 1, seq_len: int = 512, config=None) -> tuple[int, int]:
+    """(umT5 weights, activation peak of one encode) in bytes; `config` defaults to umT5-XXL."""
     from .text.umt5 import UMT5_XXL, UMT5Encoder
     with fake_mode():
         with default_dtype(dtype):
-            model = UMT5Encoder(UMT5_XXL)
+            model = UMT5Encoder(config or UMT5_XXL)
         ids = torch.zeros(batch, seq_len, dtype=torch.long)
         mask = torch.ones(batch, seq_len, dtype=torch.long)
         return nbytes(model), traced_peak(lambda: model(ids, mask))
@@ -189,7 +190,8 @@ def estimate_inference(model: ModelConfig = WAN_1_3B, *, height: int = 480, widt
                        chunk_frames: int = 3, window: int = -1, sink: int = 0, frames: int = 21, batch: int = 1,
                        dtype: torch.dtype = torch.bfloat16, decoder: str = "wan",
                        decoder_dtype: torch.dtype | None = None, text_encoder: str = "offload",
-                       text_dtype: torch.dtype | None = None) -> dict[str, int]:
+                       text_dtype: torch.dtype | None = None, decoder_config=None,
+                       text_config=None) -> dict[str, int]:
     """Peak device bytes of streaming `model` at height × width pixels (Wan VAE geometry: 8 px per latent).
 
     Counts are latent frames: `frames` sizes a global cache (`window=-1`); a rolling `window` includes its
@@ -198,6 +200,7 @@ def estimate_inference(model: ModelConfig = WAN_1_3B, *, height: int = 480, widt
     Returns integer bytes: weights, kv_cache, cross_cache, activations_peak, decoder_peak (decoder
     weights + state + decode activations), text_encoder (umT5 weights on the device), encode_peak,
     stream_peak, total_peak = max(encode_peak, stream_peak); plus frame_tokens and cache_frames.
+    `decoder_config` (VAEConfig / TAEHV kwargs) and `text_config` (UMT5Config) default to the released models.
     """
     check_request(height, width, chunk_frames, window, sink, frames, batch, decoder, text_encoder)
     decoder_dtype, text_dtype = decoder_dtype or dtype, text_dtype or dtype
@@ -209,9 +212,11 @@ def estimate_inference(model: ModelConfig = WAN_1_3B, *, height: int = 480, widt
            "cross_cache": cross_cache_bytes(model, batch, dtype),
            "activations_peak": dit_activation_peak(model, latent_hw, chunk_frames, capacity, window, sink,
                                                    batch, dtype)}
-    dec_weights, dec_state, dec_act = decoder_phase(decoder, latent_hw, chunk_frames, batch, decoder_dtype)
+    dec_weights, dec_state, dec_act = decoder_phase(decoder, latent_hw, chunk_frames, batch, decoder_dtype,
+                                                   decoder_config)
     out["decoder_peak"] = dec_weights + dec_state + dec_act
-    text_weights, text_act = text_encoder_phase(text_dtype, batch) if text_encoder != "cpu" else (0, 0)
+    text_weights, text_act = (text_encoder_phase(text_dtype, batch, config=text_config)
+                              if text_encoder != "cpu" else (0, 0))
     out["text_encoder"] = text_weights
     out["encode_peak"] = out["weights"] + dec_weights + text_weights + text_act
     out["stream_peak"] = (out["weights"] + out["kv_cache"] + out["cross_cache"] + dec_weights + dec_state

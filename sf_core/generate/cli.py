@@ -19,6 +19,8 @@ import torch
 
 from sf_core.generate import files as model_files
 from sf_core.generate.files import ModelFiles
+from sf_core.generate import memory_plan
+from sf_core.memory import MemoryPlanError
 from sf_core.generate import checks, inputs
 from sf_core.speed.overlap import decode_stream
 from sf_core.speed.settings import SpeedError, SpeedSettings, accelerate, add_speed_arguments, speed_from_args
@@ -135,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-state", type=Path, help="save the stream state at the end (continue with --resume-state)")
     g.add_argument("--resume-state", type=Path, help="continue a stream saved with --save-state (same model files)")
     g.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    g.add_argument("--plan", action="store_true",
+                   help="print the memory plan (weights, caches, activations, decoder; sf_core.memory) and exit")
     inputs.add_arguments(p)
     add_speed_arguments(p)
     return p
@@ -594,8 +598,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model: {plan.files.description}", file=sys.stderr)
         for note in plan.notes:
             print(f"note: {note}", file=sys.stderr)
+        if args.plan:
+            print(memory_plan.describe(plan))
+            return 0
+        memory_plan.check(plan)  # before anything is loaded
         return run(plan)
-    except (FileProblem, UsageError, RuntimeError) as exc:
+    except (FileProblem, UsageError, RuntimeError, MemoryPlanError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -68,7 +68,7 @@ def measure_dit() -> dict[str, int]:
 
 def measure_decoder(kind: str) -> dict[str, int]:
     h, w = DECODER_LATENT[kind]
-    _, decoder = memory._decoder_module(kind)
+    _, decoder = memory.decoder_module(kind)
     z = torch.randn(1, CHUNK, 16, h, w)
     decoder.decode_chunk(z)
     got = measure(lambda: decoder.decode_chunk(z))

@@ -340,72 +340,107 @@ def _read_with_base(path: Path, seen: tuple = ()) -> dict:
 
 
 def validate(cfg: TrainConfig, check_files: bool = True) -> None:
-    """Cross-field checks with actionable messages."""
-    def bad(key, msg):
-        raise TrainConfigError(f"{key}: {msg}")
+    """Cross-field checks with actionable messages (`TrainConfigError("<key>: <what to change>")`)."""
+    _check_objective(cfg)
+    mc = _check_model(cfg)
+    _check_stream(cfg, mc)
+    _check_numbers(cfg)
+    _check_choices(cfg)
+    if check_files:
+        _check_files(cfg)
+    _check_data(cfg)
 
+
+def _bad(key: str, msg: str):
+    raise TrainConfigError(f"{key}: {msg}")
+
+
+def _check_objective(cfg: TrainConfig) -> None:
     if cfg.objective.name not in OBJECTIVES and cfg.objective.factory.startswith("sf_core.train.objectives:"):
-        bad("objective.name", f"unknown objective {cfg.objective.name!r}; choose one of {list(OBJECTIVES)}")
+        _bad("objective.name", f"unknown objective {cfg.objective.name!r}; choose one of {list(OBJECTIVES)}")
     if ":" not in cfg.objective.factory:
-        bad("objective.factory", f"expected 'module:function', got {cfg.objective.factory!r}")
+        _bad("objective.factory", f"expected 'module:function', got {cfg.objective.factory!r}")
+
+
+def _check_model(cfg: TrainConfig) -> ModelConfig:
     try:
         mc = cfg.model_config()
     except TypeError as e:
-        bad("model.config", f"{e}; valid keys: {[f.name for f in dataclasses.fields(ModelConfig)]}")
+        _bad("model.config", f"{e}; valid keys: {[f.name for f in dataclasses.fields(ModelConfig)]}")
     if mc.dim % mc.num_heads:
-        bad("model.config", f"dim {mc.dim} is not divisible by num_heads {mc.num_heads}")
+        _bad("model.config", f"dim {mc.dim} is not divisible by num_heads {mc.num_heads}")
+    return mc
+
+
+def _check_stream(cfg: TrainConfig, mc: ModelConfig) -> None:
     try:
         sc = cfg.stream_config()
     except TypeError as e:
-        bad("stream", f"{e}; valid keys: {[f.name for f in dataclasses.fields(StreamConfig) if f.name != 'extra']}")
+        _bad("stream", f"{e}; valid keys: {[f.name for f in dataclasses.fields(StreamConfig) if f.name != 'extra']}")
     if sc.chunk_frames < 1 or cfg.data.latent_frames % sc.chunk_frames:
-        bad("data.latent_frames", f"{cfg.data.latent_frames} is not a multiple of stream.chunk_frames "
-                                  f"{sc.chunk_frames}")
+        _bad("data.latent_frames", f"{cfg.data.latent_frames} is not a multiple of stream.chunk_frames "
+                                   f"{sc.chunk_frames}")
     if sc.window != -1 and sc.window < sc.chunk_frames:
-        bad("stream.window", f"{sc.window} is smaller than one chunk ({sc.chunk_frames} frames); use -1 for global")
+        _bad("stream.window", f"{sc.window} is smaller than one chunk ({sc.chunk_frames} frames); use -1 for global")
     _, ph, pw = mc.patch_size
     if cfg.data.latent_height % ph or cfg.data.latent_width % pw:
-        bad("data.latent_height", f"latent size {cfg.data.latent_height}×{cfg.data.latent_width} must be a "
-                                  f"multiple of the patch {ph}×{pw}")
+        _bad("data.latent_height", f"latent size {cfg.data.latent_height}×{cfg.data.latent_width} must be a "
+                                   f"multiple of the patch {ph}×{pw}")
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
     for key, val in (("run.max_steps", cfg.run.max_steps), ("data.batch_size", cfg.data.batch_size),
                      ("optim.grad_accum", cfg.optim.grad_accum), ("run.log_every", cfg.run.log_every),
                      ("lora.rank", cfg.lora.rank)):
         if val < 1:
-            bad(key, f"must be >= 1, got {val}")
+            _bad(key, f"must be >= 1, got {val}")
     for key, val in (("optim.lr_generator", cfg.optim.lr_generator), ("optim.lr_critic", cfg.optim.lr_critic)):
         if val <= 0:
-            bad(key, f"must be > 0, got {val}")
+            _bad(key, f"must be > 0, got {val}")
     if not 0.0 <= cfg.ema.decay < 1.0:
-        bad("ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
-    if cfg.distributed.strategy not in ("auto", "fsdp", "ddp", "none"):
-        bad("distributed.strategy", f"{cfg.distributed.strategy!r}; choose auto, fsdp, ddp or none")
-    if cfg.distributed.backend not in ("auto", "nccl", "gloo"):
-        bad("distributed.backend", f"{cfg.distributed.backend!r}; choose auto, nccl or gloo")
-    if cfg.distributed.device not in ("auto", "cpu", "cuda"):
-        bad("distributed.device", f"{cfg.distributed.device!r}; choose auto, cpu or cuda")
-    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
-        bad("model.dtype", f"{cfg.model.dtype!r}; choose float32, bfloat16 or float16")
+        _bad("ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
+
+
+CHOICES = {"distributed.strategy": ("auto", "fsdp", "ddp", "none"), "distributed.backend": ("auto", "nccl", "gloo"),
+           "distributed.device": ("auto", "cpu", "cuda"), "model.dtype": ("float32", "bfloat16", "float16")}
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    for key, options in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in options:
+            _bad(key, f"{value!r}; choose {', '.join(options[:-1])} or {options[-1]}")
     if cfg.run.resume not in ("auto", "never") and not Path(cfg.run.resume).is_dir():
-        bad("run.resume", f"{cfg.run.resume!r} is neither auto/never nor an existing checkpoint folder")
+        _bad("run.resume", f"{cfg.run.resume!r} is neither auto/never nor an existing checkpoint folder")
+
+
+def _check_files(cfg: TrainConfig) -> None:
     files = [(f"model.{k}", getattr(cfg.model, k)) for k in ("generator", "teacher", "critic")]
     files += [(f"data.{k}", getattr(cfg.data, k)) for k in ("prompts", "text_encoder", "ode_pairs", "latents")]
-    for key, p in files if check_files else ():
+    for key, p in files:
         if p is not None and not p.startswith(TINY_PREFIX) and not Path(p).exists():
-            bad(key, f"file {p} does not exist")
-    if check_files and cfg.data.prompts is not None and cfg.data.text_encoder is None:
+            _bad(key, f"file {p} does not exist")
+    if cfg.data.prompts is not None and cfg.data.text_encoder is None:
         cache = Path(cfg.data.embeddings_cache or Path(cfg.run.output_dir) / "text_cache")
         if not cache.is_dir():
-            bad("data.text_encoder", "prompts need a text encoder (umT5 weights) unless data.embeddings_cache "
-                                     "already holds their embeddings")
-    if cfg.objective.name == "ode" and cfg.data.ode_pairs is None:
-        bad("data.ode_pairs", "the ode objective needs ODE pairs (generate them with the ode_pairs tool)")
-    if cfg.objective.name == "gan" and cfg.data.latents is None:
-        bad("data.latents", "the gan objective needs real latents (a safetensors file with `latents`)")
-    if cfg.objective.name in ("dmd", "sid", "gan") and cfg.data.prompts is None:
-        bad("data.prompts", f"the {cfg.objective.name} objective needs a prompts file (one prompt per line)")
-    if cfg.objective.name in ("teacher_forcing", "diffusion_forcing") and not cfg.data.latents:
-        bad("data.latents", f"the {cfg.objective.name} objective needs clean latents (a safetensors file with "
-                            "`latents` [N, F, C, h, w])")
+            _bad("data.text_encoder", "prompts need a text encoder (umT5 weights) unless data.embeddings_cache "
+                                      "already holds their embeddings")
+
+
+def _check_data(cfg: TrainConfig) -> None:
+    """Each objective's own inputs."""
+    name = cfg.objective.name
+    if name == "ode" and cfg.data.ode_pairs is None:
+        _bad("data.ode_pairs", "the ode objective needs ODE pairs (generate them with the ode_pairs tool)")
+    if name == "gan" and cfg.data.latents is None:
+        _bad("data.latents", "the gan objective needs real latents (a safetensors file with `latents`)")
+    if name in ("dmd", "sid", "gan") and cfg.data.prompts is None:
+        _bad("data.prompts", f"the {name} objective needs a prompts file (one prompt per line)")
+    if name in ("teacher_forcing", "diffusion_forcing") and not cfg.data.latents:
+        _bad("data.latents", f"the {name} objective needs clean latents (a safetensors file with "
+                             "`latents` [N, F, C, h, w])")
+
 
 def describe(cfg: TrainConfig) -> str:
     return json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False)
