@@ -60,6 +60,7 @@ class Bundle:
     stream_config: StreamConfig
     encode: Callable[[list[str]], torch.Tensor]   # prompts -> context [B, L, text_dim]
     decoder: ChunkDecoder
+    truncation: Callable[[str], str | None]       # prompt -> note when the encoder cuts its end (text.limits)
 
 
 def _load(role: str, path, fn):
@@ -74,18 +75,18 @@ def _load(role: str, path, fn):
         raise problem(role, path, f"unreadable ({type(exc).__name__}: {exc})") from None
 
 
-def _umt5(files: ModelFiles, device, dtype: torch.dtype) -> Callable[[list[str]], torch.Tensor]:
+def _umt5(files: ModelFiles, device, dtype: torch.dtype):
     from sf_core.text.encoder import TextEncoder
     text_dtype = torch.bfloat16 if dtype == torch.float16 else dtype  # umT5 overflows in fp16
     encoder = _load("text_encoder", files.text_encoder,
                     lambda: TextEncoder.load(files.text_encoder, dtype=text_dtype, device=device))
-    return encoder.encode
+    return encoder.encode, encoder.tokenizer.truncation  # the note needs the tokenizer only
 
 
-def _toy_text(files: ModelFiles, device, dtype: torch.dtype) -> Callable[[list[str]], torch.Tensor]:
+def _toy_text(files: ModelFiles, device, dtype: torch.dtype):
     from sf_core.toy.text import ToyTextEncoder
     encoder = ToyTextEncoder(**files.text_options)
-    return lambda prompts: encoder(prompts, device)
+    return (lambda prompts: encoder(prompts, device)), encoder.truncation
 
 
 def _decoder_file(files: ModelFiles, device, dtype: torch.dtype) -> ChunkDecoder:
@@ -133,8 +134,8 @@ def load_bundle(files: ModelFiles, device, dtype: torch.dtype, decoder_dtype: to
         check_file(text_role, files.text_encoder)
     if decoder_role:
         check_file(decoder_role, files.decoder)
-    encode = load_text(files, device, dtype)
+    encode, truncation = load_text(files, device, dtype)  # (prompts -> context, prompt -> note or None)
     model, stream = _load("checkpoint", files.checkpoint,
                           lambda: load_model(files.checkpoint, dtype=dtype, device=device, stream_config=stream_config))
     decoder = load_decoder(files, device, decoder_dtype)
-    return Bundle(model.eval().requires_grad_(False), stream, encode, decoder)
+    return Bundle(model.eval().requires_grad_(False), stream, encode, decoder, truncation)

@@ -460,6 +460,8 @@ def _encode(bundle, prompts: list[str], text_dim: int, files: ModelFiles) -> dic
     if not bool(torch.isfinite(context).all()):
         raise problem("text_encoder", files.text_encoder, "produces NaN/Inf embeddings (damaged weights, or a "
                       "float16 overflow: try --dtype bfloat16)")
+    for note in filter(None, map(bundle.truncation, unique)):
+        print(f"note: {note}", file=sys.stderr, flush=True)
     return {p: context[i:i + 1] for i, p in enumerate(unique)}
 
 

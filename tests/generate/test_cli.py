@@ -263,3 +263,8 @@ def test_embedded_toy_manifest_uses_the_toy_text_encoder_and_pixel_decoder(tmp_p
     assert "toy test model" in capsys.readouterr().err
     assert generate.main(["--prompt", "a purple unicorn", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "unknown words" in capsys.readouterr().err
+    long = ", ".join(["a red circle moves left on a navy background"] * 4)  # 39 words for 24 positions
+    assert generate.main(["--prompt", long, "--chunks", "1", "--out", str(tmp_path / "long.mp4")]) == 0
+    err = capsys.readouterr().err
+    assert "note: prompt 'a red circle moves left on a navy background, a …' has 39 tokens; the text encoder " \
+           "keeps the first 24" in err and long not in err
