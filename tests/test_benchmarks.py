@@ -64,3 +64,9 @@ def test_final_cache_pass_is_measured_without_the_naive_row(tmp_path):
     assert set(report["results"]) == {"plain", "safe (seq)", "safe +taehv"}
     for name in report["results"]:
         assert report["checks"][f"final cache pass skipped by every row, DiT ms, {name}"] > 0
+
+
+def test_time_budget_skips_rows_and_still_writes_the_report(tmp_path):
+    stdout, report = _tiny_run(tmp_path, "--max-seconds", "0", "--fp8")
+    assert report["results"] == {} and {"naive", "plain", "rolling", "fp8 check"} <= set(report["skipped"])
+    assert "skipped (past --max-seconds)" in stdout
