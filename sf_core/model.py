@@ -8,11 +8,13 @@ Parameter names are the official Wan2.1 ones, so official state dicts load with 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .attention import attention, masked_attention
 from .cache import KVCache
@@ -218,6 +220,7 @@ class CausalWanModel(nn.Module):
         cfg = self.config = config
         self.attention_backend = attention
         self.rope = rope
+        self.checkpoint_blocks = False  # recompute each block in backward (uncached forwards: score networks)
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
                                             nn.Linear(cfg.dim, cfg.dim))
@@ -344,8 +347,10 @@ class CausalWanModel(nn.Module):
         geo = Geometry(grid[0], grid[1], grid[2], start_frame, self.config.head_dim, tokens.device,
                        self.rope, freqs)
         img = self._image_context(image_features)
+        recompute = self.checkpoint_blocks and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, ctx, geo, cache, i, image_context=img, cross_cache=cross_cache)
+            run = functools.partial(checkpoint, block, use_reentrant=False) if recompute else block
+            tokens = run(tokens, e0, ctx, geo, cache, i, image_context=img, cross_cache=cross_cache)
         return self.unpatchify(self.head(tokens, e), grid).to(x.dtype)
 
     # -- parallel forwards (training baselines, ODE regression, equivalence tests) ---------------------------

@@ -118,7 +118,8 @@ class DistributedSection:
 
 @dataclass
 class TrainSection:
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = True  # the generator: recompute each chunk's exit-step forward
+    score_checkpointing: bool = True     # critic / teacher: recompute each block of forwards with gradients
     tf32: bool = True
 
 

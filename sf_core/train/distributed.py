@@ -113,7 +113,9 @@ def _mixed_precision_policy(ctx: DistContext):
     from torch.distributed.fsdp import MixedPrecisionPolicy
     if not ctx.mixed_precision:
         return MixedPrecisionPolicy()
-    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    # cast_forward_inputs=False: float32 timesteps reach the model exactly (937.5, not bf16's 936), as in the
+    # official trainer; the model casts activations to its parameter dtype itself
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
 
 
 def fully_shard_model(model: nn.Module, ctx: DistContext) -> nn.Module:
@@ -125,6 +127,8 @@ def fully_shard_model(model: nn.Module, ctx: DistContext) -> nn.Module:
         fully_shard(block, mp_policy=policy)
     # the root too: a trailing no-grad forward (the rollout's cache pass) must not leave it unsharded
     fully_shard(model, mp_policy=policy, reshard_after_forward=True)
+    if policy.param_dtype is not None:
+        model.compute_dtype = policy.param_dtype  # what forwards run in; the sharded parameters stay float32
     return model
 
 

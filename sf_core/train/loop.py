@@ -77,6 +77,9 @@ class Trainer:
         if cfg.lora.enabled:
             inject_lora(generator, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
             self.lora_scale = cfg.lora.alpha / cfg.lora.rank
+        for score in (teacher, critic):
+            if score is not None:
+                score.checkpoint_blocks = cfg.train.score_checkpointing
         generator = prepare_trainable(generator, ctx)
         if teacher is not None:
             teacher = prepare_frozen(teacher.to(DTYPES[cfg.model.dtype]), ctx, cfg.distributed.shard_frozen)

@@ -103,8 +103,8 @@ def self_rollout(generator, context: torch.Tensor, latent_shape: tuple[int, int,
 
     latent_shape = (C, h, w). `noise` supplies all Gaussian noise (use `rng_noise(local_rng)` in training);
     `exit_steps` overrides the draw from `shared_rng`. With `with_grad=False` everything runs under no_grad
-    (the critic update's rollout). `dtype` (noise and KV cache) defaults to the generator's parameter dtype;
-    set it to the compute dtype under FSDP mixed precision (official: bf16).
+    (the critic update's rollout). `dtype` (noise and KV cache) defaults to the generator's compute dtype:
+    bf16 under FSDP2 mixed precision (official), else its parameter dtype.
     """
     channels, h, w = latent_shape
     batch = context.shape[0]
@@ -160,5 +160,6 @@ def _exit_forward(generator, x, t, context, cache: RolloutCache, start: int, sch
 
 
 def _dtype_of(module) -> torch.dtype:
-    dtype = getattr(module, "dtype", None)
+    """The compute dtype: FSDP2's mixed-precision param dtype if sharded so, else the parameters'."""
+    dtype = getattr(module, "compute_dtype", None) or getattr(module, "dtype", None)
     return dtype if isinstance(dtype, torch.dtype) else next(module.parameters()).dtype
