@@ -50,7 +50,7 @@ class SFEmbeddedDefaultModel:
         params = sum(p.numel() for p in bundle.model.parameters())
         info = (f"{files.description}\n{params / 1e6:.2f} M parameters, {bundle.model.dtype} on {target}; "
                 f"suggested: {_suggestion(files.defaults)}")
-        return (SFModel(bundle.model, bundle.stream_config, NAME, target), SFPromptEncoder(bundle.encode, NAME),
+        return (SFModel(bundle.model, bundle.stream_config, NAME, target), SFPromptEncoder(bundle.encode, NAME, bundle.truncation),
                 vae, info)
 
 

@@ -86,6 +86,7 @@ class SFPromptEncoder:
     """A text encoder without weights of its own to manage (e.g. the toy encoder): `encode(prompts)` → [B, L, D]."""
     encode: Callable[[list[str]], torch.Tensor]
     name: str = ""
+    truncation: Callable[[str], str | None] = lambda prompt: None   # prompt -> note when its end is cut
 
 
 @dataclass
@@ -93,6 +94,7 @@ class SFContext:
     embedding: torch.Tensor              # [B, L, D]
     prompt: str | None = None
     encode: Callable[[str], torch.Tensor] | None = None   # prompt -> [1, L, D], for live / scheduled switches
+    note: str | None = None              # e.g. the prompt was cut to the text encoder's length
 
     def encode_prompt(self, text: str) -> torch.Tensor:
         if self.encode is None:

@@ -210,7 +210,18 @@ class SFTextEncode:
         def encode(text: str) -> torch.Tensor:
             return fit_context(sf_text_encoder.encode([text]).float())
 
-        return (SFContext(encode(prompt), prompt, encode),)
+        note = truncation_note(sf_text_encoder, prompt)
+        context = SFContext(encode(prompt), prompt, encode, note)
+        return {"ui": {"text": [note]}, "result": (context,)} if note else (context,)
+
+
+def truncation_note(encoder, prompt: str) -> str | None:
+    """The encoder's note when it cuts `prompt` (ours, wrapped by the memory manager or not), else None."""
+    for candidate in (encoder, getattr(encoder, "encoder", None)):
+        truncation = getattr(candidate, "truncation", None)
+        if callable(truncation):
+            return truncation(prompt)
+    return None
 
 
 def _native_clip_encoder(clip):
