@@ -40,6 +40,10 @@ def test_graph_key_names_every_buffer_a_graph_writes_or_reads():
     a.begin(12, 12)  # the next chunk: another plan
     assert graph_key(x, t, freqs, a, a) != graph_key(x, t, freqs, b, b)
     assert graph_key(x, t, freqs.double(), b, b) != graph_key(x, t, freqs, b, b), "the RoPE buffer's dtype"
+    w = [torch.zeros(3)]
+    before = graph_key(x, t, freqs, b, b, w)
+    w[0].data = torch.zeros(3)  # moved / offloaded and back: same tensor object, new storage
+    assert graph_key(x, t, freqs, b, b, w) != before, "weights at a new address: another graph"
 
 
 def test_compile_modes_with_their_own_cuda_graphs_are_refused_with_cuda_graphs(tiny_model):
