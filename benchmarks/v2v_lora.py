@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_stream import dit_pass_flops  # noqa: E402
+from repeats import ratios, spread  # noqa: E402
 from sf_core.config import WAN_1_3B, ModelConfig, StreamConfig  # noqa: E402
 from sf_core.lora import UnmergedLoRA, merge, restore  # noqa: E402
 from sf_core.model import CausalWanModel  # noqa: E402
@@ -149,11 +150,9 @@ def measured_table(args) -> None:
             def go(k):
                 handle = apply()
                 try:
-                    sync(device)
-                    t0 = time.perf_counter()
+                    t0 = clock(device)
                     step(k)
-                    sync(device)
-                    return time.perf_counter() - t0
+                    return clock(device) - t0
                 finally:
                     undo(handle)   # the other variants must not see it
             return go
@@ -166,26 +165,28 @@ def measured_table(args) -> None:
                 "V2V strength 0.7": v2v(0.7), "V2V strength 0.0": v2v(0.0),
                 f"T2V + unmerged LoRA r{args.rank}": unmerged, f"T2V + merged LoRA r{args.rank}": merged}
     times = {name: [] for name in variants}
-    for _ in range(args.repeats):
+    names = list(variants)
+    for r in range(args.repeats):
         steps = {name: make() for name, make in variants.items()}
         for k in range(chunks):
-            for name, step in steps.items():
-                sync(device)
-                t0 = time.perf_counter()
-                inner = step(k)
-                sync(device)
-                times[name].append(inner if isinstance(inner, float) else time.perf_counter() - t0)
+            turn = (r * chunks + k) % len(names)
+            for name in names[turn:] + names[:turn]:   # a rotated order every chunk
+                t0 = clock(device)
+                inner = steps[name](k)
+                times[name].append(inner if isinstance(inner, float) else clock(device) - t0)
     print(f"\nMeasured per-chunk time ({device.type}, {dtype}, dim {cfg.dim}, {cfg.num_layers} layers, {width}×{height}, "
-          f"VAE dim {vae_cfg.dim}, {chunks} chunks × {args.repeats} interleaved repeats, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s))\n")
-    base = statistics.mean(times["T2V"])
-    print("| variant | mean ms / chunk | ratio to T2V | of which encode ms | denoise only / T2V |")
+          f"VAE dim {vae_cfg.dim}, {chunks} chunks × {args.repeats} interleaved repeats, rotated order, "
+          f"{'process CPU' if device.type == 'cpu' else 'wall'} time, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s)); medians (min–max), ratios per chunk then median\n")
+    base = times["T2V"]
+    print("| variant | ms / chunk | ratio to T2V | of which encode ms | denoise only / T2V |")
     print("|---|---:|---:|---:|---:|")
     for name, ts in times.items():
         strength = float(name.split()[-1]) if name.startswith("V2V") else None
-        enc = statistics.mean(encode_times[strength]) if encode_times.get(strength) else 0.0
-        mean = statistics.mean(ts)
-        print(f"| {name} | {mean * 1000:.1f} | {mean / base:.2f} | {enc * 1000:.1f} | {(mean - enc) / base:.2f} |")
+        enc = encode_times.get(strength) or [0.0] * len(ts)
+        denoise = [t - e for t, e in zip(ts, enc)]
+        print(f"| {name} | {spread(ts, scale=1000)} | {statistics.median(ratios(ts, base)):.2f} | "
+              f"{statistics.median(enc) * 1000:.1f} | {statistics.median(ratios(denoise, base)):.2f} |")
     base_lin, extra = lora_flops_per_token(cfg, args.rank)
     print(f"\nThis config's unmerged-LoRA share of the block linears' FLOPs: +{extra / base_lin * 100:.1f}% "
           f"(rank {args.rank} on dim {cfg.dim}; at 1.3B: see the FLOP table)")
@@ -199,20 +200,21 @@ class TimedEncoder:
         self.spatial_stride, self.temporal_stride = encoder.spatial_stride, encoder.temporal_stride
 
     def encode_chunk(self, frames):
-        sync(self.device)
-        t0 = time.perf_counter()
+        t0 = clock(self.device)
         out = self.encoder.encode_chunk(frames)
-        sync(self.device)
-        self.times.append(time.perf_counter() - t0)
+        self.times.append(clock(self.device) - t0)
         return out
 
     def reset(self):
         self.encoder.reset()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def clock(device: torch.device) -> float:
+    """Process CPU time on a CPU (other processes on shared cores do not inflate it); synced wall time on CUDA."""
+    if device.type != "cuda":
+        return time.process_time()
+    torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def main(argv=None) -> None:
