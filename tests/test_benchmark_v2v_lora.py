@@ -18,7 +18,7 @@ def test_v2v_lora_benchmark_tables(tmp_path):
     assert passes == {"1.0": "5", "0.9": "3", "0.7": "2", "0.0": "1"}   # steps at or below σ, + the cache pass
     assert "T2V = 4 steps + cache pass = 202.0 TFLOP" in out
     assert re.search(r"Unmerged LoRA: \+3\.03% of the block linears' FLOPs", out)
-    rows = re.findall(r"^\| (T2V|V2V strength [\d.]+|T2V \+ (?:un)?merged LoRA r32) \| [\d.]+ \| ([\d.]+) \| "
+    rows = re.findall(r"^\| (T2V|V2V strength [\d.]+|T2V \+ (?:un)?merged LoRA r32) \| [\d.]+ \([\d.]+–[\d.]+\) \| ([\d.]+) \| "
                       r"([\d.]+) \|", out.split("Measured per-chunk time")[1], re.M)
     assert len(rows) == 7 and rows[0] == ("T2V", "1.00", "0.0")
     assert all(float(enc) > 0 for name, _, enc in rows if name.startswith("V2V") and not name.endswith("1.0"))
