@@ -65,7 +65,8 @@ class FastForward(nn.Module):
             raise ValueError(f"compile mode {compile_mode!r} records its own CUDA graphs; with cuda_graphs=True "
                              "use the default mode or 'max-autotune-no-cudagraphs'")
         self.model = model
-        self.cuda_graphs = cuda_graphs
+        self.cuda_graphs, self.compiled = cuda_graphs, compile
+        self.warm_ups = 0  # eager passes run before captures (see _capture)
         self._planned = (torch.compile(model.forward_planned, mode=compile_mode, backend=compile_backend)
                          if compile else model.forward_planned)
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
@@ -135,20 +136,35 @@ class FastForward(nn.Module):
         return cap.out.clone()
 
     def _capture(self, x, t, cache, cross_cache, freqs) -> _Captured:
-        """Warm up on a side stream (this is where `compile` compiles), then capture the same function. Both
-        write this plan's K/V slots with exactly the values the replay that follows writes again, so the
-        cache ends up as after one eager call. Capture errors are thread-local, so a decoder running in
+        """Capture the (compiled) forward for this key; the replay that follows computes it. Capturing runs
+        nothing, so a new plan costs no extra pass — except a warm-up pass on a side stream before the first
+        capture, with compile (which compiles there), or when a capture fails because something initialises
+        lazily for new shapes (then: warm up, capture again). A warm-up writes this plan's K/V slots with
+        exactly the values the replay writes again. Capture errors are thread-local, so a decoder running in
         another thread (overlapped decode) does not invalidate it."""
         sx, st, sf = x.clone(), t.clone(), freqs.clone()
         run = lambda: self._planned(sx, st, None, cache, cross_cache, 0, None, sf)  # noqa: E731
+        if self._pool is None or self.compiled:
+            self._warm_up(run, x.device)
+        try:
+            graph, out = self._record(run)
+        except RuntimeError:
+            self._warm_up(run, x.device)
+            graph, out = self._record(run)
+        return _Captured(graph, sx, st, sf, out)
+
+    def _warm_up(self, run, device) -> None:
+        self.warm_ups += 1
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             run()
-        torch.cuda.current_stream(x.device).wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
+
+    def _record(self, run):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             out = run()
-        return _Captured(graph, sx, st, sf, out)
+        return graph, out
