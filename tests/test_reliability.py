@@ -21,7 +21,7 @@ from sf_core.generate import cli as generate
 from sf_core.media.outputs import claim_file
 from sf_core.media.recording import count_frames, read_video
 from sf_core.model import CausalWanModel
-from sf_core.state import FORMAT
+from sf_core.state import FORMAT, read_header
 from sf_core.testing.tiny import TINY_GENERATE_DIT, make_tiny_models_dir, randomize
 from sf_core.train.checkpointing import (ResumeError, checkpoint_problem, load_checkpoint, resume_checkpoint,
                                          save_checkpoint)
@@ -191,12 +191,13 @@ AT_RUN = [
 def test_refused_at_run_with_one_line(argv, pattern, models, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = argv(tmp_path, models)
-    out = tmp_path / "out.mp4"
-    assert generate.main([*args, "--chunks", "2"] + ([] if "--out" in args else ["--out", str(out)])) == 2
+    out, state = tmp_path / "out.mp4", tmp_path / "state.safetensors"
+    outputs = ["--save-state", str(state)] + ([] if "--out" in args else ["--out", str(out)])
+    assert generate.main([*args, "--chunks", "2", *outputs]) == 2
     line = _one_error_line(capsys)
     assert re.search(pattern, line), line
     assert len(line) < 600  # no message repeats a whole prompt or tensor
-    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert os.listdir(tmp_path) == []  # the claimed outputs got nothing and are gone, no temporary file
 
 
 def test_dry_run_shows_a_long_prompt_cut_short(capsys):
@@ -233,17 +234,20 @@ def _generate(args, tmp_path, **kw):
 
 
 def test_a_second_run_on_the_same_out_is_refused_and_sigterm_keeps_every_frame(tmp_path, capsys):
-    out = tmp_path / "live.mp4"
-    first = subprocess.Popen([sys.executable, "-m", "sf_core.generate", "--until-stopped", "--out", str(out)],
-                             cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    out, state = tmp_path / "live.mp4", tmp_path / "live.safetensors"
+    first = subprocess.Popen([sys.executable, "-m", "sf_core.generate", "--until-stopped", "--out", str(out),
+                              "--save-state", str(state)], cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
     try:
         for line in first.stderr:
             if line.startswith("chunk 1:"):
                 break
-        assert generate.main(["--chunks", "1", "--out", str(out)]) == 2
-        assert "already exists" in _one_error_line(capsys)
-        assert generate.main(["--chunks", "1", "--out", str(out), "--overwrite"]) == 2
-        assert "another run is writing it right now" in _one_error_line(capsys)
+        for same in (["--out", str(out)], ["--out", str(tmp_path / "b.mp4"), "--save-state", str(state)]):
+            assert generate.main(["--chunks", "1", *same]) == 2
+            assert "already exists" in _one_error_line(capsys)
+            assert generate.main(["--chunks", "1", *same, "--overwrite"]) == 2
+            assert "another run is writing it right now" in _one_error_line(capsys)
+        assert not (tmp_path / "b.mp4").exists()
         first.send_signal(signal.SIGTERM)
         stdout, stderr = first.communicate(timeout=120)
     finally:
@@ -252,6 +256,7 @@ def test_a_second_run_on_the_same_out_is_refused_and_sigterm_keeps_every_frame(t
     assert "SIGTERM: stopping after the chunk in progress" in stderr
     written = int(re.search(r"wrote (\d+) frames", stdout).group(1))
     assert written >= 6 and read_video(out)[0].shape[0] == written
+    assert read_header(state)["info"]["frames_written"] == written  # the placeholder became the state
 
 
 def test_exclusive_claims_leave_no_trace_when_nothing_was_written(tmp_path):

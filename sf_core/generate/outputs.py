@@ -1,8 +1,9 @@
 """The files one `sf_core.generate` run writes: `--out`, `--png-dir`, `--save-state`.
 
-`check` runs with the options (also for `--dry-run`) and creates nothing; `open` claims `--out` and
-`--png-dir` exclusively before any model is loaded and proves `--save-state`'s folder writable;
-`release` closes the video and gives the claims back (a claimed mp4 that got no frame is removed).
+`check` runs with the options (also for `--dry-run`) and creates nothing; `open` claims `--out`,
+`--png-dir` and `--save-state` exclusively before any model is loaded (the state's file stays an empty
+placeholder until the state replaces it atomically); `release` closes the video and gives the claims
+back (a claimed file that got nothing is removed).
 """
 from __future__ import annotations
 
@@ -53,9 +54,9 @@ class RunOutputs:
             self._claims.append(outputs.claim_file("--out", self.out, self.overwrite))
             if self.png_dir is not None:
                 self._claims.append(outputs.claim_folder("--png-dir", self.png_dir))
-            if self.save_state is not None:
-                outputs.probe_file("--save-state", self.save_state,
-                                   replaceable=self.overwrite or _same_file(self.save_state, self.resume_state))
+            if self.save_state is not None:  # an empty placeholder until the state replaces it at the end
+                self._claims.append(outputs.claim_file(
+                    "--save-state", self.save_state, self.overwrite or _same_file(self.save_state, self.resume_state)))
         except BaseException:
             self.release(None)
             raise
@@ -69,5 +70,5 @@ class RunOutputs:
         finally:
             used = recorder is not None and recorder.frames_written > 0
             for claim in self._claims:
-                claim.release(used)
+                claim.release(used and claim.path != self.save_state)
             self._claims.clear()

@@ -85,8 +85,9 @@ class Claim:
             return
         fd, self._fd = self._fd, None
         if not used and self.created and not self.folder:
-            try:
-                if os.fstat(fd).st_size == 0:
+            try:  # still our empty file (not yet replaced by a finished output)
+                st, ours = os.stat(self.path), os.fstat(fd)
+                if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino) and st.st_size == 0:
                     os.unlink(self.path)
             except OSError:
                 pass
@@ -137,15 +138,3 @@ def claim_folder(option: str, path: Path) -> Claim:
         os.close(fd)
         raise
     return Claim(path, fd, created=False, folder=True)
-
-
-def probe_file(option: str, path: Path, replaceable: bool) -> None:
-    """Prove a file written later (atomically, next to `path`) can be created in its folder."""
-    check_file(option, path, overwrite=False, replaceable=replaceable)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"{option} {path}: cannot write in {path.parent} ({reason(exc)})") from None
