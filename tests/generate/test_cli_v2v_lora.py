@@ -127,3 +127,16 @@ def test_bad_inputs_give_one_line_errors(files, tmp_path, capsys, extra, message
     assert generate.main([*_args(files), *extra, "--out", str(out)]) == 2
     line = _error(capsys)
     assert message.replace("GARBAGE", str(garbage)) in line, line
+
+
+def test_text_encoder_layers_of_a_lora_are_merged_before_the_prompts_are_encoded(files, tmp_path, capsys):
+    d, inner = TINY_UMT5.dim, TINY_UMT5.num_heads * TINY_UMT5.head_dim
+    g = torch.Generator().manual_seed(3)
+    save_file({"lora_te_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight": torch.randn(2, d, generator=g),
+               "lora_te_encoder_block_0_layer_0_SelfAttention_q.lora_up.weight": torch.randn(inner, 2, generator=g)},
+              str(tmp_path / "te.safetensors"))
+    common = [*_args(files), *SIZE, "--chunks", "1"]
+    assert generate.main([*common, "--out", str(tmp_path / "plain.mp4")]) == 0
+    assert generate.main([*common, "--lora", str(tmp_path / "te.safetensors"), "--out", str(tmp_path / "te.mp4")]) == 0
+    assert "0 DiT layer(s), 1 text-encoder layer(s)" in capsys.readouterr().err
+    assert not np.array_equal(read_video(tmp_path / "plain.mp4")[0], read_video(tmp_path / "te.mp4")[0])
