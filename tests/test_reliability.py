@@ -50,6 +50,8 @@ def models(tmp_path_factory):
     save_safetensors(randomize(CausalWanModel(TINY_GENERATE_DIT, attention="sdpa"), seed=7),
                      root / "other_weights.safetensors", StreamConfig(), TINY_GENERATE_DIT)
     save_file(sd, str(root / "chunk_minus_3.safetensors"), {**meta, **StreamConfig(chunk_frames=-3).to_metadata()})
+    save_file(sd, str(root / "stream_garbage.safetensors"), {**meta, "sf_stream": "{chunk_frames: 3"})
+    save_file(sd, str(root / "stream_wrong_type.safetensors"), {**meta, "sf_stream": '{"shift": "high"}'})
     tiny = [*_files(files), *TINY]
     assert generate.main([*tiny, "--chunks", "1", "--out", str(root / "t.mp4"),
                           "--save-state", str(root / "tiny_state.safetensors")]) == 0
@@ -117,6 +119,10 @@ UP_FRONT = [
     # wrong kinds of settings stored in a file
     ("stored chunk_frames=-3", lambda t, m: _files(m, m["dir"] / "chunk_minus_3.safetensors") + TINY,
      r"--checkpoint .*chunk_minus_3\.safetensors: its sf_stream metadata: invalid stream settings: chunk_frames=-3"),
+    ("stored sf_stream not JSON", lambda t, m: _files(m, m["dir"] / "stream_garbage.safetensors") + TINY,
+     r"stream_garbage\.safetensors: its sf_stream metadata is not valid \(JSONDecodeError"),
+    ("stored shift of the wrong type", lambda t, m: _files(m, m["dir"] / "stream_wrong_type.safetensors") + TINY,
+     r"stream_wrong_type\.safetensors: its sf_stream metadata: invalid stream settings: shift='high'"),
     # stream-state files
     ("state without 'state' metadata", lambda t, m: ["--resume-state", str(m["dir"] / "no_state_meta.safetensors")],
      r"--resume-state .*: metadata 'state' is missing or not a JSON object"),

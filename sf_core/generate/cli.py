@@ -230,9 +230,14 @@ def _stored_stream_config(path: Path) -> StreamConfig | None:
     try:
         from safetensors import safe_open
         with safe_open(str(path), "pt") as f:
-            return StreamConfig.from_metadata(f.metadata())
+            meta = f.metadata()
     except Exception:  # noqa: BLE001 - not safetensors, or unreadable: the loader reports it later
         return None
+    try:
+        return StreamConfig.from_metadata(meta)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--checkpoint {path}: its sf_stream metadata is not valid ({type(exc).__name__}: "
+                         f"{str(exc)[:120]}); convert the file again (python -m sf_core.weights.convert)") from None
 
 
 def resolve_files(args) -> ModelFiles:
@@ -401,7 +406,6 @@ class GracefulStop:
 
     def __init__(self):
         self.requested = False
-        self.signal: int | None = None  # the first signal received
         self._previous = {}
 
     def __enter__(self) -> "GracefulStop":
@@ -411,7 +415,7 @@ class GracefulStop:
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested, self.signal = True, signum
+        self.requested = True
         print(f"\n{signal.Signals(signum).name}: stopping after the chunk in progress (again to stop at once)",
               file=sys.stderr, flush=True)
 
