@@ -59,3 +59,11 @@ def range_problem(name: str, value, low, high) -> str | None:
     if value is None or low <= value <= high:
         return None
     return f"{name} {value:g} is outside {low:g}..{high:g}"
+
+
+def legacy_combo_problem(name: str, value, options: list[str]) -> str | None:
+    """A menu added after graphs were saved: '' (the preview widget's slot in those graphs, which the frontend
+    hands to the new menu) means its default; anything else must be an option."""
+    if value in (None, "") or value in options:
+        return None
+    return f"{name}: {value!r} is not one of {options}"

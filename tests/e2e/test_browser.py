@@ -86,7 +86,7 @@ def test_ui_workflows_are_the_api_workflows(comfy, models, browser_ready, tmp_pa
             assert len(ui["links"]) == sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
             for node_id, node in api.items():
                 literals = [v for v in node["inputs"].values() if not isinstance(v, list)]
-                widgets = nodes[node_id]["widgets_values"]
+                widgets = nodes[node_id].get("widgets_values", [])  # nodes without widgets have none
                 widgets = list(widgets.values()) if isinstance(widgets, dict) else widgets
                 assert all(v in widgets for v in literals), (path.name, node_id, literals, widgets)
 
@@ -109,4 +109,19 @@ def test_live_control_reaches_only_the_tab_and_subgraph_node_that_runs_the_strea
     assert 3 <= tab_a["stats"]["chunks"] < 400 and tab_a["stats"]["framesDrawn"] == tab_a["stats"]["framesReceived"]
     assert not tab_a["animating"], "the player keeps animating while idle"
     assert tab_a["stats"]["maxQueued"] <= tab_a["maxQueuedFrames"]
+    assert not result["errors"], result["errors"]
+
+
+def test_a_graph_saved_with_the_legacy_widget_values_loads_and_runs(comfy, models, browser_ready):
+    """tests/e2e/data/legacy_t2v_stream.json: workflows/t2v_stream.json as shipped before the explicit choices
+    (chunk_frames / steps / cache_window 0, cache_sink -1), shrunk to 32×32 and 2 chunks."""
+    result = node_script("legacy.mjs", comfy.base_url, str(Path(__file__).parent / "data" / "legacy_t2v_stream.json"))
+    assert "failure" not in result, result["failure"]
+    sent = result["sent"]
+    assert {k: sent[k] for k in ("chunk_frames", "steps", "cache_window", "cache_sink")} in (
+        {"chunk_frames": 0, "steps": 0, "cache_window": 0, "cache_sink": -1},  # the frontend keeps old values
+        {k: "checkpoint" for k in ("chunk_frames", "steps", "cache_window", "cache_sink")})  # or maps them
+    assert result["outcome"]["status"] == "success", result["outcome"]
+    report = next(o["text"][0] for o in result["outcome"]["outputs"].values() if "text" in o)
+    assert report.startswith("finished: 2/2 chunks"), report
     assert not result["errors"], result["errors"]
