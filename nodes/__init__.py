@@ -14,7 +14,7 @@ def load_node_mappings():
     Returns (NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS). A class attribute
     `SF_LIVE_PREVIEW = True` marks node types that get the live preview widget in the browser.
     """
-    from . import live
+    from . import live, memory
 
     classes, names = {}, {}
     for module_name in NODE_MODULES:
@@ -27,4 +27,5 @@ def load_node_mappings():
                 live.PREVIEW_NODE_TYPES.add(key)
         names.update(module.NODE_DISPLAY_NAME_MAPPINGS)
     live.register_routes()
+    memory.register_routes()
     return classes, names

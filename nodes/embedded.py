@@ -8,6 +8,7 @@ from sf_core.generate.files import default_model
 from sf_core.generate.bundle import load_bundle
 
 from .categories import LOADERS
+from . import memory
 from .handles import MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, SFModel, SFPromptEncoder, SFVAE
 
 NAME = "embedded default"
@@ -46,12 +47,13 @@ class SFEmbeddedDefaultModel:
         bundle = load_bundle(files, target, dtype, decoder_dtype=torch.float32 if target.type == "cpu" else dtype)
         decoder = bundle.decoder
         encoder = getattr(decoder, "vae", None)
-        vae = SFVAE(decoder, NAME, encoder if getattr(encoder, "has_encoder", False) else None)
+        vae = SFVAE(decoder, NAME, encoder if getattr(encoder, "has_encoder", False) else None,
+                    memory.vae_patcher(decoder, target))
         params = sum(p.numel() for p in bundle.model.parameters())
         info = (f"{files.description}\n{params / 1e6:.2f} M parameters, {bundle.model.dtype} on {target}; "
                 f"suggested: {_suggestion(files.defaults)}")
-        return (SFModel(bundle.model, bundle.stream_config, NAME, target), SFPromptEncoder(bundle.encode, NAME, bundle.truncation),
-                vae, info)
+        model = SFModel(bundle.model, bundle.stream_config, NAME, target, memory.model_patcher(bundle.model, target))
+        return model, SFPromptEncoder(bundle.encode, NAME, bundle.truncation), vae, info
 
 
 NODE_CLASS_MAPPINGS = {"SFEmbeddedDefaultModel": SFEmbeddedDefaultModel}

@@ -34,7 +34,8 @@ class SFModel:
     model: CausalWanModel
     stream_config: StreamConfig          # defaults from the checkpoint's metadata
     name: str
-    device: torch.device
+    device: torch.device                 # where it computes
+    patcher: object | None = None        # comfy ModelPatcher: ComfyUI's memory manager places the weights
 
     @property
     def dtype(self) -> torch.dtype:
@@ -46,6 +47,7 @@ class SFVAE:
     decoder: object                      # a sf_core.vae.decoders.ChunkDecoder prototype (never run directly)
     name: str
     encoder: object | None = None        # a sf_core.vae.wan.WanVAE with encoder weights (image-to-video), or None
+    patcher: object | None = None        # comfy ModelPatcher of the decoder's (and encoder's) weights
 
     @property
     def spatial_stride(self) -> int:

@@ -15,6 +15,8 @@ from sf_core.vae.taehv import StreamingTAEHVDecoder
 from sf_core.text.encoder import TextEncoder
 from sf_core.vae.wan import StreamingDecoder, vae_from_state_dict
 
+from . import memory
+
 from .categories import CONDITIONING, LOADERS
 from .handles import (CONTEXT_TYPE, MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, SFContext, SFModel,
                       SFVAE, fit_context)
@@ -65,6 +67,12 @@ def _device():
     return mm.get_torch_device()
 
 
+def _vae_device():
+    import comfy.model_management as mm
+
+    return mm.vae_device()
+
+
 def _dtype(choice: str, device: torch.device) -> torch.dtype | None:
     if choice == "default":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -98,7 +106,7 @@ class SFModelLoader:
     def load(self, model_name, dtype, attention):
         path = _resolve(model_name, SF_FOLDER, "diffusion_models")
         device = _device()
-        model, stream_config = load_model(path, dtype=_dtype(dtype, device), device=device)
+        model, stream_config = load_model(path, dtype=_dtype(dtype, device), device=memory.offload_device("unet", device))
         model.eval().requires_grad_(False)
         model.attention_backend = attention
         for module in model.modules():
@@ -107,8 +115,9 @@ class SFModelLoader:
         cfg = model.config
         params = sum(p.numel() for p in model.parameters())
         info = (f"{model_name}: {params / 1e6:.1f} M parameters, dim {cfg.dim}, {cfg.num_layers} layers, "
-                f"{model.dtype} on {device}; stream defaults {asdict(stream_config) | {'extra': None}}")
-        return SFModel(model, stream_config, model_name, device), info
+                f"{model.dtype} for {device} (placed by ComfyUI's memory manager); stream defaults "
+                f"{asdict(stream_config) | {'extra': None}}")
+        return SFModel(model, stream_config, model_name, device, memory.model_patcher(model, device)), info
 
 
 class SFVAELoader:
@@ -133,12 +142,13 @@ class SFVAELoader:
 
     def load(self, vae_name, dtype, tiny_decoder_mode):
         path = _resolve(vae_name, "vae", "vae_approx")
-        device = _device()
-        decoder = load_chunk_decoder(path, device=device, dtype=_dtype(dtype, device))
+        device = _vae_device()
+        decoder = load_chunk_decoder(path, device=memory.offload_device("vae", device), dtype=_dtype(dtype, device))
         if isinstance(decoder, StreamingTAEHVDecoder):
             decoder = StreamingTAEHVDecoder(decoder.model, tiny_decoder_mode)
-            return (SFVAE(decoder, vae_name),)
-        return (SFVAE(decoder, vae_name, decoder.vae if decoder.vae.has_encoder else None),)
+            return (SFVAE(decoder, vae_name, patcher=memory.vae_patcher(decoder, device)),)
+        encoder = decoder.vae if decoder.vae.has_encoder else None
+        return (SFVAE(decoder, vae_name, encoder, memory.vae_patcher(decoder, device)),)
 
 
 class SFVAEFromNative:
@@ -161,10 +171,11 @@ class SFVAEFromNative:
         if first_stage is None or getattr(vae, "latent_channels", None) != 16:
             raise ValueError(f"expected a Wan 2.1 VAE (16 latent channels), got {type(first_stage).__name__} with "
                              f"{getattr(vae, 'latent_channels', '?')} latent channels")
-        device = _device()
+        device = _vae_device()
         sd = {k: v.detach() for k, v in first_stage.state_dict().items()}
-        wan = vae_from_state_dict(sd, "native ComfyUI VAE", device, _dtype(dtype, device))
-        return (SFVAE(StreamingDecoder(wan), "native VAE", wan if wan.has_encoder else None),)
+        wan = vae_from_state_dict(sd, "native ComfyUI VAE", memory.offload_device("vae", device), _dtype(dtype, device))
+        decoder = StreamingDecoder(wan)
+        return (SFVAE(decoder, "native VAE", wan if wan.has_encoder else None, memory.vae_patcher(decoder, device)),)
 
 
 class SFTextEncoderLoader:
@@ -180,15 +191,21 @@ class SFTextEncoderLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "text_encoder_name": (_files("text_encoders"), {"tooltip": "e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors"}),
-            "device": (["auto", "cpu"], {"tooltip": "auto: weights stay in CPU memory and visit the GPU only while "
-                                                     "encoding; cpu: encode on the CPU."}),
+            "device": (["auto", "cpu"], {"tooltip": "auto: ComfyUI's memory manager loads the weights onto its "
+                                                     "text-encoder device for encoding and keeps them there until it "
+                                                     "needs the memory; cpu: encode on the CPU. Scaled-fp8 files stay "
+                                                     "fp8 in memory."}),
         }}
 
     def load(self, text_encoder_name, device):
+        import comfy.model_management as mm
+
         path = _resolve(text_encoder_name, "text_encoders")
-        target = _device() if device == "auto" else torch.device("cpu")
+        target = mm.text_encoder_device() if device == "auto" else torch.device("cpu")
         dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-        return (TextEncoder.load(path, dtype=dtype, device=target, offload=target.type != "cpu"),)
+        encoder = TextEncoder.load(path, dtype=dtype, device=memory.offload_device("text", target),
+                                   keep_fp8=mm.supports_cast(target, torch.float8_e4m3fn))
+        return (memory.text_encoder(encoder, target),)
 
 
 class SFTextEncode:

@@ -1,28 +1,23 @@
 """The stream sampler, the extend node, prompt schedules and the image-to-video start.
 
-One chunk at a time: (scheduled / live prompt switch) → denoise (interrupt checked after every step) →
-decode with the persistent streaming decoder → record to the output folder → live preview event →
-progress. A graceful stop (/sf/stop) ends after the current chunk and returns everything made so far.
+The nodes resolve their inputs into a stream and hand it to `nodes/run.py`, which advances it chunk by
+chunk (denoise, decode, record, live preview) in bounded host memory.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 
-import torch
-
-from sf_core.media.recording import VideoRecorder, channels_last, to_uint8_frames
 from sf_core.pipeline import PromptSwitch, StreamingPipeline
 from sf_core.media.timing import chunks_for_frames, parse_schedule, schedule_switches
 
-from . import live
+from . import live, memory
+from .run import KEEP_CHOICES, KEEP_FRAMES, Keep, make_room, run_stream
 from .categories import CONDITIONING
 from .choices import CACHE_SINK, CACHE_WINDOW, CHECKPOINT, CHUNK_FRAMES, GLOBAL, STEPS
 from .validation import (LENGTH_UNITS, choice_problem, first_problem, length_problem, range_problem,
                          requested_amount, size_problem)
 from .handles import (CATEGORY, CONTEXT_TYPE, MODEL_TYPE, SCHEDULE_TYPE, START_TYPE, STREAM_TYPE, VAE_TYPE,
-                      SFSchedule, SFStart, SFStream, decoder_state, store_decoder_state)
+                      SFSchedule, SFStart, SFStream)
 
 RECORD_CHOICES = ["mp4", "png", "none"]
 MAX_LENGTH = 100000.0
@@ -57,88 +52,16 @@ def stream_config_for(base, chunk_frames, steps, cache_window, cache_sink):
     return config
 
 
-def _output_path(prefix: str, record: str, width: int, height: int) -> str | None:
-    if record == "none":
-        return None
-    import folder_paths
-
-    folder, name, counter, _, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_output_directory(),
-                                                                    width, height)
-    return os.path.join(folder, f"{name}_{counter:05}" + (".mp4" if record == "mp4" else ""))
-
-
-def run_stream(stream: SFStream, num_chunks: int, node_id, record: str, filename_prefix: str,
-               switches: dict[int, PromptSwitch] | None = None, live_recache: bool = False,
-               start_latents: torch.Tensor | None = None):
-    """Advance `stream` (whose state this call owns) by up to `num_chunks` chunks -> node outputs."""
-    import comfy.model_management as mm
-    import comfy.utils
-
-    state, model = stream.state, stream.model
-    pipeline = StreamingPipeline(model.model, stream.config, model.device, model.dtype, stream.vae.spatial_stride)
-    decoder = stream.vae.fresh_decoder(decoder_state(state.extras))
-    height, width = stream.vae.spatial_stride * state.latent_height, stream.vae.spatial_stride * state.latent_width
-    path = _output_path(filename_prefix, record, width, height)
-    recorder = None
-    if path:
-        recorder = VideoRecorder(path, stream.fps) if record == "mp4" else VideoRecorder(None, stream.fps, png_dir=path)
-    progress = comfy.utils.ProgressBar(num_chunks, node_id=node_id)
-    check = lambda step, steps: mm.throw_exception_if_processing_interrupted()  # noqa: E731
-
-    latents, frames, notes, latencies = [], [], [], []
-    lead_frames = None
-    if start_latents is not None:  # the start image passes through the decoder first (its causal cache)
-        lead_frames = decoder.decode_chunk(start_latents.to(model.device))
-    reason = "interrupted"
-    node = str(node_id)
-    live.MAILBOX.begin(node, kind="stream", chunks=num_chunks, chunk_index=state.chunk_index)
-    try:
-        for made in range(num_chunks):
-            mm.throw_exception_if_processing_interrupted()
-            if made and live.MAILBOX.stop_requested(node):
-                break
-            switch = (switches or {}).get(state.chunk_index)
-            if switch is not None:
-                pipeline.switch_prompt(state, switch.context, switch.recache)
-            if (text := live.MAILBOX.take_prompt(node)) is not None:
-                pipeline.switch_prompt(state, stream.context.encode_prompt(text), live_recache)
-                notes.append(f"chunk {state.chunk_index}: {text!r}")
-            started = time.perf_counter()
-            chunk = pipeline.step(state, callback=check)
-            decoded = decoder.decode_chunk(chunk.latents)  # [B, T, 3, H, W] in [-1, 1]
-            if lead_frames is not None:
-                decoded, lead_frames = torch.cat([lead_frames.to(decoded), decoded], dim=1), None
-            latencies.append((time.perf_counter() - started) * 1000)
-            latents.append(chunk.latents.float().cpu())
-            frames.append(decoded.float().cpu())
-            stream.frames += decoded.shape[1]
-            pixels = to_uint8_frames(channels_last(decoded[0]))
-            if recorder is not None:
-                recorder.write(pixels)
-            live.send_chunk_preview(node, chunk.index, pixels, stream.fps, latencies[-1],
-                                    cache_frames=state.cache.frames_held, total_frames=stream.frames)
-            live.MAILBOX.update(node, chunk_index=chunk.index)
-            progress.update(1)
-        reason = "finished" if len(latents) == num_chunks else "stopped"
-    finally:
-        if recorder is not None:
-            recorder.close()
-        live.send_stream_done(node, len(latents), stream.frames, reason)
-        live.MAILBOX.end(node)
-
-    store_decoder_state(state.extras, decoder)
-    raw = stream.vae.to_comfy_latent(torch.cat(latents, dim=1))               # [B, C, F, h, w]
-    video = torch.cat(frames, dim=1)                                          # [B, T, 3, H, W]
-    images = ((video.flatten(0, 1).permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1)  # [B·T, H, W, 3]
-    report = (f"{reason}: {len(latents)}/{num_chunks} chunks, {video.shape[1]} frames {width}×{height} at "
-              f"{stream.fps:g} fps (stream total {stream.frames} frames, next chunk {state.chunk_index}); "
-              f"mean chunk latency {sum(latencies) / len(latencies):.0f} ms; KV cache holds "
-              f"{state.cache.frames_held} latent frames")
-    if path:
-        report += f"\nrecording: {path}"
-    if notes:
-        report += "\nlive prompt switches: " + "; ".join(notes)
-    return {"ui": {"text": [report]}, "result": ({"samples": raw}, images, stream, report)}
+def _output_inputs():
+    """Optional (graphs saved before them keep working): what the LATENT / IMAGE outputs carry."""
+    return {
+        "outputs": (KEEP_CHOICES, {"default": KEEP_CHOICES[0], "tooltip": "What the latent / images outputs carry "
+                                   "(the recording always has every frame): the last output_frames frames (memory "
+                                   "stays bounded however long the stream), all frames (host memory grows with the "
+                                   "length: about 4.8 MB per 832×480 frame), or none."}),
+        "output_frames": ("INT", {"default": KEEP_FRAMES, "min": 1, "max": 1000000,
+                                  "tooltip": "How many of the last video frames the outputs carry with 'last frames'."}),
+    }
 
 
 def _record_inputs():
@@ -200,6 +123,7 @@ class SFStreamSampler(_LiveStream):
             "optional": {
                 "schedule": (SCHEDULE_TYPE, {"tooltip": "Prompt switches from 'SF Prompt Schedule'."}),
                 "start": (START_TYPE, {"tooltip": "A start image from 'SF Image To Video Start'."}),
+                **_output_inputs(),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -215,9 +139,7 @@ class SFStreamSampler(_LiveStream):
 
     def sample(self, sf_model, sf_context, sf_vae, width, height, length, length_unit, seed, fps, chunk_frames,
                steps, cache_window, cache_sink, record, filename_prefix, live_recache, schedule=None, start=None,
-               unique_id=None):
-        import comfy.model_management as mm
-
+               outputs=KEEP_CHOICES[0], output_frames=KEEP_FRAMES, unique_id=None):
         config = stream_config_for(sf_model.stream_config, chunk_frames, steps, cache_window, cache_sink)
         sf_vae.check_model(sf_model.model)
         initial = None
@@ -230,13 +152,16 @@ class SFStreamSampler(_LiveStream):
         counts = sf_vae.frame_counts(config.chunk_frames)
         num_chunks = _num_chunks(length, length_unit, fps, counts, start_frames)
         pipeline = StreamingPipeline(sf_model.model, config, sf_model.device, sf_model.dtype, sf_vae.spatial_stride)
-        prefill = 0 if initial is None else initial.shape[1]
-        mm.soft_empty_cache()
+        keep = Keep(outputs, output_frames)
+        frames = (0 if initial is None else initial.shape[1]) + num_chunks * config.chunk_frames
+        room = make_room(sf_model, sf_vae, config, pipeline.latent_size(height, width),
+                         frames if config.window == -1 else config.window, sf_context.embedding.shape[0])
         state = pipeline.start(sf_context.embedding, height, width, seed=seed, initial_latents=initial,
-                               max_frames=prefill + num_chunks * config.chunk_frames)
+                               max_frames=frames)
         stream = SFStream(state, sf_model, sf_vae, sf_context, config, fps)
         switches = resolve_schedule(schedule, sf_context.embedding, fps, config, counts, first_chunk=0)
-        return run_stream(stream, num_chunks, unique_id, record, filename_prefix, switches, live_recache, initial)
+        return run_stream(stream, num_chunks, unique_id, record, filename_prefix, switches, live_recache, initial,
+                          keep, room)
 
 
 def _num_chunks(length: float, unit: str, fps: float, counts: tuple[int, int], lead_frames: int | None) -> int:
@@ -265,7 +190,8 @@ def resolve_schedule(schedule: SFSchedule | None, base, fps, config, counts, fir
 class SFStreamExtend(_LiveStream):
     DESCRIPTION = ("Continues a stream exactly where it ended (KV cache, VAE cache, noise, position): the same prompt "
                    "or a new one, optionally re-caching the recent frames under the new prompt. Chain as many as you "
-                   "like; the input stream is never changed.")
+                   "like; the input stream is never changed (its KV cache is shared copy-on-write, so continuing a "
+                   "global cache copies nothing).")
     FUNCTION = "extend"
 
     @classmethod
@@ -282,6 +208,7 @@ class SFStreamExtend(_LiveStream):
             "optional": {
                 "sf_context": (CONTEXT_TYPE, {"tooltip": "New prompt; leave empty to keep the stream's prompt."}),
                 "schedule": (SCHEDULE_TYPE, {"tooltip": "Prompt switches, timed from the start of this extension."}),
+                **_output_inputs(),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -291,20 +218,26 @@ class SFStreamExtend(_LiveStream):
         return first_problem(range_problem("length", length, 0.0, MAX_LENGTH), length_problem(length, length_unit))
 
     def extend(self, sf_stream, length, length_unit, recache, record, filename_prefix, live_recache,
-               sf_context=None, schedule=None, unique_id=None):
+               sf_context=None, schedule=None, outputs=KEEP_CHOICES[0], output_frames=KEEP_FRAMES, unique_id=None):
         config = sf_stream.config
         counts = sf_stream.vae.frame_counts(config.chunk_frames)
         num_chunks = _num_chunks(length, length_unit, sf_stream.fps, counts, lead_frames=0)
-        stream = dataclasses.replace(sf_stream, state=sf_stream.state.fork(), info=dict(sf_stream.info))
+        keep = Keep(outputs, output_frames)
+        cache, base = sf_stream.state.cache, sf_stream.state
+        frames = cache.frames_held + num_chunks * config.chunk_frames
+        room = make_room(sf_stream.model, sf_stream.vae, config, (base.latent_height, base.latent_width),
+                         cache.reserved_frames(frames), base.batch)
+        stream = dataclasses.replace(sf_stream, state=base.fork(), info=dict(sf_stream.info))
         state = stream.state
-        state.cache.reserve(state.cache.frames_held + num_chunks * config.chunk_frames)
+        state.cache.reserve(frames)
         switches = {}
         if sf_context is not None:
             stream.context = sf_context
             switches[state.chunk_index] = PromptSwitch(sf_context.embedding, recache)
         switches.update(resolve_schedule(schedule, stream.context.embedding, stream.fps, config, counts,
                                          state.chunk_index))
-        return run_stream(stream, num_chunks, unique_id, record, filename_prefix, switches, live_recache)
+        return run_stream(stream, num_chunks, unique_id, record, filename_prefix, switches, live_recache,
+                          keep=keep, memory_note=room)
 
 
 class SFPromptSchedule:
@@ -358,6 +291,7 @@ class SFImageToVideoStart:
         if width % 16 or height % 16:
             raise ValueError(f"width and height must be multiples of 16, got {width}×{height}")
         pixels = comfy.utils.common_upscale(image[:1, :, :, :3].movedim(-1, 1), width, height, "bilinear", "center")
+        memory.load([sf_vae.patcher])
         param = next(sf_vae.encoder.parameters())
         frames = (pixels * 2 - 1).unsqueeze(1).to(param)  # [1, 1, 3, H, W] in [-1, 1]
         return (SFStart(sf_vae.encoder.encode_video(frames).float(), height, width),)

@@ -498,6 +498,7 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
         max_frames = (plan.chunks or 1) * plan.stream.chunk_frames
         state = pipe.start(contexts[plan.prompt], h * 8, w * 8, seed=plan.seed, max_frames=max_frames)
         state.info["decoder"] = plan.files.decoder_kind
+    inputs.check_stream_loras(state, plan.loras, plan.resume_state)
     base = state.chunk_index
     switches = {base + k: PromptSwitch(contexts[p], r) for k, (p, r) in plan.switches.items()}
 

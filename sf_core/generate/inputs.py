@@ -126,6 +126,17 @@ def apply_loras(bundle, loras: list[tuple[Path, float]]) -> None:
         print(f"note: {lora.report()}, merged at strength {strength}", file=sys.stderr)
 
 
+def check_stream_loras(state: StreamState, loras: list[tuple[Path, float]], resumed: Path | None) -> None:
+    """Record the LoRAs (file name, strength) a fresh stream is made with; a resumed stream must use the same."""
+    used = [[path.name, strength] for path, strength in loras]
+    if resumed is None:
+        state.info["loras"] = used
+    elif state.info.get("loras", []) != used:
+        made = ", ".join(f"{n}:{s:g}" for n, s in state.info.get("loras", [])) or "no LoRA"
+        raise UsageError(f"--resume-state {resumed}: the stream was made with {made}; give the same --lora options "
+                         "(the weights must be the ones it was made with)")
+
+
 def v2v_chunks(v2v: V2VInput, pipe: StreamingPipeline, state: StreamState, decoder, height: int, width: int,
                prompts: dict[int, PromptSwitch]) -> Iterator[Chunk]:
     """The stream's chunks made from the input video (the last one padded; the caller trims to the frame limit)."""

@@ -140,3 +140,13 @@ def test_text_encoder_layers_of_a_lora_are_merged_before_the_prompts_are_encoded
     assert generate.main([*common, "--lora", str(tmp_path / "te.safetensors"), "--out", str(tmp_path / "te.mp4")]) == 0
     assert "0 DiT layer(s), 1 text-encoder layer(s)" in capsys.readouterr().err
     assert not np.array_equal(read_video(tmp_path / "plain.mp4")[0], read_video(tmp_path / "te.mp4")[0])
+
+
+def test_a_stream_made_with_a_lora_resumes_only_with_it(files, tmp_path, capsys):
+    common = [*_args(files), *SIZE, "--chunks", "1", "--lora", str(files["lora"])]
+    assert generate.main([*common, "--save-state", str(tmp_path / "s.safetensors"), "--out", str(tmp_path / "a.mp4")]) == 0
+    assert generate.main([*common, "--resume-state", str(tmp_path / "s.safetensors"), "--out", str(tmp_path / "b.mp4")]) == 0
+    capsys.readouterr()
+    assert generate.main([*_args(files), "--chunks", "1", "--resume-state", str(tmp_path / "s.safetensors"),
+                          "--out", str(tmp_path / "c.mp4")]) == 2
+    assert "the stream was made with ours.safetensors:1; give the same --lora options" in _error(capsys)
