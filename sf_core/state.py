@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from .cache import CacheError, KVCache
 from sf_core.weights.checkpoint import write_safetensors_atomic
-from sf_core.weights.fingerprint import weights_fingerprint
+from sf_core.weights.fingerprint import same_weights, weights_fingerprint
 from .noise import NoiseSource, noise_from_spec, SeededNoise
 
 FORMAT = "sf_stream_state/1"
@@ -109,9 +109,9 @@ class StreamState:
         differ = [f"{k}={saved[k]} (this model: {ours[k]})" for k in ours if k in saved and saved[k] != ours[k]]
         if differ:
             raise StateError(f"{source}: made with a different model: {', '.join(differ)}")
-        if info.get("weights") and info["weights"] != weights_fingerprint(model):
-            raise StateError(f"{source}: made with other weights of the same shape (fingerprint {info['weights']}, "
-                             f"this checkpoint {weights_fingerprint(model)}); load the checkpoint it was made with")
+        if isinstance(info.get("weights"), str) and not same_weights(info["weights"], weights_fingerprint(model)):
+            raise StateError(f"{source}: made with other weights of the same shape (the sampled weights differ "
+                             "from this checkpoint's); load the checkpoint it was made with")
         made = _json_object(info.get("stream"))
         for key in ("chunk_frames", "window", "sink"):
             if key in made and made[key] != getattr(stream, key):
