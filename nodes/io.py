@@ -9,7 +9,8 @@ from sf_core.config import StreamConfig
 from sf_core.state import StreamState
 
 from .categories import EXPORT
-from .handles import CATEGORY, CONTEXT_TYPE, MODEL_TYPE, STREAM_TYPE, VAE_TYPE, SFContext, SFStream
+from .native import MODEL_INPUT, VAE_INPUT, as_sf_model, as_sf_vae
+from .handles import CATEGORY, CONTEXT_TYPE, STREAM_TYPE, SFContext, SFStream
 
 STATE_SUFFIX = ".sfstream.safetensors"
 
@@ -70,14 +71,15 @@ class SFLoadStream:
     def INPUT_TYPES(cls):
         return {"required": {
             "state_file": (_state_files(),),
-            "sf_model": (MODEL_TYPE,),
-            "sf_vae": (VAE_TYPE,),
+            "sf_model": (MODEL_INPUT,),
+            "sf_vae": (VAE_INPUT,),
         }, "optional": {"sf_context": (CONTEXT_TYPE, {"tooltip": "Its text encoder enables live prompt switches; the "
                                                                  "stream keeps its saved prompt."})}}
 
     def load(self, state_file, sf_model, sf_vae, sf_context=None):
         import folder_paths
 
+        sf_model, sf_vae = as_sf_model(sf_model), as_sf_vae(sf_vae)
         path = folder_paths.get_annotated_filepath(state_file)
         state = StreamState.load(path, device=sf_model.device, dtype=sf_model.dtype)
         config = StreamConfig.from_metadata({"sf_stream": state.info["stream"]}) if "stream" in state.info \
@@ -100,13 +102,14 @@ class SFExportNativeAR:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"sf_model": (MODEL_TYPE,),
+        return {"required": {"sf_model": (MODEL_INPUT,),
                              "filename": ("STRING", {"default": "self_forcing_native_ar.safetensors"}),
                              "overwrite": ("BOOLEAN", {"default": False})}}
 
     def export(self, sf_model, filename, overwrite):
         import folder_paths
 
+        sf_model = as_sf_model(sf_model)
         name = os.path.basename(filename.strip())
         if not name or name != filename.strip():
             raise ValueError(f"filename must be a plain file name (no folders), got {filename!r}")

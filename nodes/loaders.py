@@ -13,11 +13,11 @@ from sf_core.weights.checkpoint import load_model
 from sf_core.vae.decoders import load_chunk_decoder
 from sf_core.vae.taehv import StreamingTAEHVDecoder
 from sf_core.text.encoder import TextEncoder
-from sf_core.vae.wan import StreamingDecoder, vae_from_state_dict
 
 from . import memory
 
 from .categories import CONDITIONING, LOADERS
+from .native import TEXT_ENCODER_INPUT, as_text_encoder, native_clip_encoder, sf_vae_from_native
 from .handles import (CONTEXT_TYPE, MODEL_TYPE, TEXT_ENCODER_TYPE, VAE_TYPE, SFContext, SFModel,
                       SFVAE, fit_context)
 
@@ -167,15 +167,7 @@ class SFVAEFromNative:
         }}
 
     def convert(self, vae, dtype):
-        first_stage = getattr(vae, "first_stage_model", None)
-        if first_stage is None or getattr(vae, "latent_channels", None) != 16:
-            raise ValueError(f"expected a Wan 2.1 VAE (16 latent channels), got {type(first_stage).__name__} with "
-                             f"{getattr(vae, 'latent_channels', '?')} latent channels")
-        device = _vae_device()
-        sd = {k: v.detach() for k, v in first_stage.state_dict().items()}
-        wan = vae_from_state_dict(sd, "native ComfyUI VAE", memory.offload_device("vae", device), _dtype(dtype, device))
-        decoder = StreamingDecoder(wan)
-        return (SFVAE(decoder, "native VAE", wan if wan.has_encoder else None, memory.vae_patcher(decoder, device)),)
+        return (sf_vae_from_native(vae, _dtype(dtype, _vae_device())),)
 
 
 class SFTextEncoderLoader:
@@ -218,12 +210,15 @@ class SFTextEncode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "sf_text_encoder": (TEXT_ENCODER_TYPE,),
+            "sf_text_encoder": (TEXT_ENCODER_INPUT, {"tooltip": "SF Text Encoder Loader, or a native CLIP "
+                                                                "(CLIPLoader, type wan)."}),
             "prompt": ("STRING", {"multiline": True, "default": "a red fox trotting through fresh snow, cinematic",
                                   "tooltip": "What the video shows. Live switches and schedules re-use this encoder."}),
         }}
 
     def encode(self, sf_text_encoder, prompt):
+        sf_text_encoder = as_text_encoder(sf_text_encoder)
+
         def encode(text: str) -> torch.Tensor:
             return fit_context(sf_text_encoder.encode([text]).float())
 
@@ -239,16 +234,6 @@ def truncation_note(encoder, prompt: str) -> str | None:
         if callable(truncation):
             return truncation(prompt)
     return None
-
-
-def _native_clip_encoder(clip):
-    """prompt -> [1, 512, D] through a native CLIP (type wan)."""
-    def encode(text: str) -> torch.Tensor:
-        cond = clip.encode_from_tokens(clip.tokenize(text))
-        cond = cond[0] if isinstance(cond, (tuple, list)) else cond
-        return fit_context(cond.float().cpu())
-
-    return encode
 
 
 class SFConditioningToContext:
@@ -272,7 +257,7 @@ class SFConditioningToContext:
         embedding = conditioning[0][0]
         if embedding.dim() != 3:
             raise ValueError(f"conditioning tensor must be [batch, tokens, dim], got {tuple(embedding.shape)}")
-        encode = _native_clip_encoder(clip) if clip is not None else None
+        encode = native_clip_encoder(clip) if clip is not None else None
         return (SFContext(fit_context(embedding.float().cpu()), None, encode),)
 
 

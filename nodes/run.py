@@ -22,6 +22,7 @@ from sf_core.pipeline import PromptSwitch, StreamingPipeline
 
 from . import live, memory
 from .handles import SFStream, decoder_state, store_decoder_state
+from .video import native_video, recording_ui
 
 KEEP_LAST, KEEP_ALL, KEEP_NONE = "last frames", "all", "none"
 KEEP_CHOICES = [KEEP_LAST, KEEP_ALL, KEEP_NONE]
@@ -92,7 +93,7 @@ class StreamRun:
         self.pipeline = StreamingPipeline(model.model, stream.config, model.device, model.dtype, vae.spatial_stride)
         self.decoder = vae.fresh_decoder(decoder_state(state.extras))
         self.height, self.width = vae.spatial_stride * state.latent_height, vae.spatial_stride * state.latent_width
-        self.path = output_path(filename_prefix, record, self.width, self.height)
+        self.record, self.path = record, output_path(filename_prefix, record, self.width, self.height)
         self.recorder = _recorder(self.path, record, stream.fps)
         self.progress = comfy.utils.ProgressBar(num_chunks, node_id=node_id)
         self.frames, self.latents = keep.tails(vae.frame_counts(stream.config.chunk_frames)[1],
@@ -177,7 +178,9 @@ class StreamRun:
         lines += [f"recording: {self.path}"] if self.path else []
         lines += ["live prompt switches: " + "; ".join(self.notes)] if self.notes else []
         text = "\n".join(lines)
-        return {"ui": {"text": [text]}, "result": ({"samples": raw}, images, stream, text)}
+        return {"ui": {"text": [text], **recording_ui(self.path, self.record)},
+                "result": ({"samples": raw}, images, stream, text,
+                           native_video(self.path, self.record, images, stream.fps))}
 
 
 def make_room(stream_model, vae, config, latent_hw: tuple[int, int], capacity: int, batch: int = 1) -> str:

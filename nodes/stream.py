@@ -14,16 +14,17 @@ from . import live, memory
 from .run import KEEP_CHOICES, KEEP_FRAMES, Keep, make_room, run_stream
 from .categories import CONDITIONING
 from .choices import CACHE_SINK, CACHE_WINDOW, CHECKPOINT, CHUNK_FRAMES, GLOBAL, STEPS
-from .validation import (LENGTH_UNITS, choice_problem, first_problem, length_problem, range_problem,
-                         requested_amount, size_problem)
-from .handles import (CATEGORY, CONTEXT_TYPE, MODEL_TYPE, SCHEDULE_TYPE, START_TYPE, STREAM_TYPE, VAE_TYPE,
+from .native import MODEL_INPUT, VAE_INPUT, as_sf_model, as_sf_vae
+from .validation import (LENGTH_UNITS, choice_problem, first_problem, legacy_combo_problem, length_problem,
+                         range_problem, requested_amount, size_problem)
+from .handles import (CATEGORY, CONTEXT_TYPE, SCHEDULE_TYPE, START_TYPE, STREAM_TYPE,
                       SFSchedule, SFStart, SFStream)
 
 RECORD_CHOICES = ["mp4", "png", "none"]
 MAX_LENGTH = 100000.0
 MAX_FPS = 120.0
-OUTPUTS = ("LATENT", "IMAGE", STREAM_TYPE, "STRING")
-OUTPUT_NAMES = ("latent", "images", "sf_stream", "report")
+OUTPUTS = ("LATENT", "IMAGE", STREAM_TYPE, "STRING", "VIDEO")  # new outputs go last: saved graphs link by index
+OUTPUT_NAMES = ("latent", "images", "sf_stream", "report", "video")
 
 
 def stream_config_for(base, chunk_frames, steps, cache_window, cache_sink):
@@ -102,9 +103,10 @@ class SFStreamSampler(_LiveStream):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "sf_model": (MODEL_TYPE,),
+                "sf_model": (MODEL_INPUT, {"tooltip": "SF Model Loader, or a native Wan 2.1 MODEL (UNETLoader, "
+                                                      "after LoRA nodes such as LoraLoaderModelOnly)."}),
                 "sf_context": (CONTEXT_TYPE,),
-                "sf_vae": (VAE_TYPE,),
+                "sf_vae": (VAE_INPUT, {"tooltip": "SF VAE Loader, or a native Wan 2.1 VAE (VAELoader)."}),
                 "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16,
                                   "tooltip": "Multiple of 16. Self Forcing was trained at 832×480."}),
                 "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
@@ -130,8 +132,9 @@ class SFStreamSampler(_LiveStream):
 
     @classmethod
     def VALIDATE_INPUTS(cls, width=None, height=None, length=None, length_unit=None, fps=None, chunk_frames=None,
-                        steps=None, cache_window=None, cache_sink=None):
+                        steps=None, cache_window=None, cache_sink=None, outputs=None):
         return first_problem(size_problem(width, height), range_problem("fps", fps, 1.0, MAX_FPS),
+                             legacy_combo_problem("outputs", outputs, KEEP_CHOICES),
                              range_problem("length", length, 0.0, MAX_LENGTH), length_problem(length, length_unit, fps),
                              *(choice_problem(c, v) for c, v in ((CHUNK_FRAMES, chunk_frames), (STEPS, steps),
                                                                   (CACHE_WINDOW, cache_window),
@@ -140,6 +143,7 @@ class SFStreamSampler(_LiveStream):
     def sample(self, sf_model, sf_context, sf_vae, width, height, length, length_unit, seed, fps, chunk_frames,
                steps, cache_window, cache_sink, record, filename_prefix, live_recache, schedule=None, start=None,
                outputs=KEEP_CHOICES[0], output_frames=KEEP_FRAMES, unique_id=None):
+        sf_model, sf_vae = as_sf_model(sf_model), as_sf_vae(sf_vae)
         config = stream_config_for(sf_model.stream_config, chunk_frames, steps, cache_window, cache_sink)
         sf_vae.check_model(sf_model.model)
         initial = None
@@ -152,7 +156,7 @@ class SFStreamSampler(_LiveStream):
         counts = sf_vae.frame_counts(config.chunk_frames)
         num_chunks = _num_chunks(length, length_unit, fps, counts, start_frames)
         pipeline = StreamingPipeline(sf_model.model, config, sf_model.device, sf_model.dtype, sf_vae.spatial_stride)
-        keep = Keep(outputs, output_frames)
+        keep = Keep(outputs or KEEP_CHOICES[0], output_frames)  # '': a graph saved before the menu
         frames = (0 if initial is None else initial.shape[1]) + num_chunks * config.chunk_frames
         room = make_room(sf_model, sf_vae, config, pipeline.latent_size(height, width),
                          frames if config.window == -1 else config.window, sf_context.embedding.shape[0])
@@ -214,15 +218,16 @@ class SFStreamExtend(_LiveStream):
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, length=None, length_unit=None):
-        return first_problem(range_problem("length", length, 0.0, MAX_LENGTH), length_problem(length, length_unit))
+    def VALIDATE_INPUTS(cls, length=None, length_unit=None, outputs=None):
+        return first_problem(range_problem("length", length, 0.0, MAX_LENGTH), length_problem(length, length_unit),
+                             legacy_combo_problem("outputs", outputs, KEEP_CHOICES))
 
     def extend(self, sf_stream, length, length_unit, recache, record, filename_prefix, live_recache,
                sf_context=None, schedule=None, outputs=KEEP_CHOICES[0], output_frames=KEEP_FRAMES, unique_id=None):
         config = sf_stream.config
         counts = sf_stream.vae.frame_counts(config.chunk_frames)
         num_chunks = _num_chunks(length, length_unit, sf_stream.fps, counts, lead_frames=0)
-        keep = Keep(outputs, output_frames)
+        keep = Keep(outputs or KEEP_CHOICES[0], output_frames)  # '': a graph saved before the menu
         cache, base = sf_stream.state.cache, sf_stream.state
         frames = cache.frames_held + num_chunks * config.chunk_frames
         room = make_room(sf_stream.model, sf_stream.vae, config, (base.latent_height, base.latent_width),
@@ -276,7 +281,7 @@ class SFImageToVideoStart:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "sf_vae": (VAE_TYPE,),
+            "sf_vae": (VAE_INPUT,),
             "image": ("IMAGE", {"tooltip": "The first frame; resized and centre-cropped to width × height."}),
             "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16}),
             "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
@@ -285,6 +290,7 @@ class SFImageToVideoStart:
     def encode(self, sf_vae, image, width, height):
         import comfy.utils
 
+        sf_vae = as_sf_vae(sf_vae)
         if sf_vae.encoder is None:
             raise ValueError(f"{sf_vae.name!r} cannot encode images (tiny decoder or decoder-only file); load the full "
                              "Wan2.1 VAE (wan_2.1_vae.safetensors) with 'SF VAE Loader' or use 'SF VAE From Native'")

@@ -83,7 +83,7 @@ def test_every_node_is_registered_with_its_files(comfy, models):
     models_listed = info["SFModelLoader"]["input"]["required"]["model_name"][0]
     assert {"self_forcing_dmd.pt", DIT_SAFETENSORS} <= set(models_listed)
     assert {VAE, TINY_DECODER} <= set(info["SFVAELoader"]["input"]["required"]["vae_name"][0])
-    assert info["SFStreamSampler"]["output"] == ["LATENT", "IMAGE", "SF_STREAM", "STRING"]
+    assert info["SFStreamSampler"]["output"] == ["LATENT", "IMAGE", "SF_STREAM", "STRING", "VIDEO"]
     assert "SFStreamSampler" in comfy.get_json("/sf/status")["preview_node_types"]
 
 
