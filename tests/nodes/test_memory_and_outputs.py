@@ -1,0 +1,33 @@
+"""What the stream nodes ask ComfyUI's memory manager for, and what their outputs keep (no ComfyUI needed)."""
+import pytest
+import torch
+
+from nodes import memory
+from nodes.run import Keep
+from sf_core.config import StreamConfig
+from sf_core.pipeline import StreamingPipeline
+from sf_core.toy.pixels import PixelDecoder
+
+
+@pytest.mark.parametrize("window,sink,frames", [(6, 2, 6), (-1, 0, 8)])
+def test_requested_cache_bytes_are_the_bytes_the_pipeline_allocates(tiny_model, window, sink, frames):
+    config = StreamConfig(chunk_frames=2, window=window, sink=sink)
+    state = StreamingPipeline(tiny_model, config).start(torch.randn(1, 16, tiny_model.config.text_dim), 32, 32,
+                                                        max_frames=frames)
+    need = memory.stream_bytes(tiny_model, config, PixelDecoder(), (state.latent_height, state.latent_width),
+                               state.cache.capacity // state.cache.frame_tokens)
+    cache = state.cache
+    assert need["kv_cache"] == cache.k.nbytes + cache.v.nbytes
+    assert need["cross_cache"] == cache.cross_k.nbytes + cache.cross_v.nbytes
+    assert need["activations"] > 0 and need["total"] == need["kv_cache"] + need["cross_cache"] + need["activations"]
+
+
+def test_outputs_keep_the_last_frames_and_their_latents_by_default():
+    frames, latents = Keep().tails(frames_per_chunk=12, chunk_frames=3)  # Wan: 12 frames from 3 latents
+    assert (frames.limit, latents.limit) == (81, 21)
+    assert Keep("all").tails(12, 3)[0].limit is None and Keep("none").tails(12, 3)[1].limit == 0
+    assert Keep("last frames", 5).tails(3, 3)[1].limit == 5  # toy pixels: one latent per frame
+    with pytest.raises(ValueError, match="outputs must be one of"):
+        Keep("some")
+    with pytest.raises(ValueError, match="output_frames must be at least 1"):
+        Keep("last frames", 0)
