@@ -9,18 +9,9 @@ import math
 
 import torch
 
-SHOWN_CHARS = 80  # a prompt quoted in a message is cut to this many characters
-
 
 class UsageError(ValueError):
     """Options that do not fit together; printed as one line, exit code 2."""
-
-
-def shown(text: str, limit: int = SHOWN_CHARS) -> str:
-    """`text` quoted for a message, cut to `limit` characters with its full length noted."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def number(option: str, value: float | int | None, *, minimum: float | None = None,

@@ -25,6 +25,7 @@ from sf_core.generate import checks, inputs
 from sf_core.speed.overlap import decode_stream
 from sf_core.speed.settings import SpeedError, SpeedSettings, accelerate, add_speed_arguments, speed_from_args
 from sf_core.generate.checks import UsageError
+from sf_core.text.limits import quote
 from sf_core.generate.bundle import FileProblem, decoder_class, load_bundle, problem
 from sf_core.config import DTYPES, LONG_DTYPE_NAMES, ModelConfig, StreamConfig
 from sf_core.pipeline import PromptSwitch, StreamingPipeline
@@ -183,8 +184,8 @@ class Plan:
             ("checkpoint", self.files.checkpoint),
             ("text encoder", self.files.text_encoder or f"{self.files.text_kind} {self.files.text_options}"),
             ("decoder", f"{self.files.decoder_kind}: {self.files.decoder or 'built in'}"),
-            ("prompt", checks.shown(self.prompt)),
-            *((f"prompt at chunk {k}", checks.shown(p) + (" (recache)" if r else "")) for k, (p, r) in sorted(self.switches.items())),
+            ("prompt", quote(self.prompt)),
+            *((f"prompt at chunk {k}", quote(p) + (" (recache)" if r else "")) for k, (p, r) in sorted(self.switches.items())),
             *inputs.describe(self.v2v, self.loras),
             ("size", f"{self.width}x{self.height}"),
             ("length", "until stopped (Ctrl-C)" if self.chunks is None else
