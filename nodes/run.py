@@ -19,6 +19,7 @@ import torch
 from sf_core.media.recording import VideoRecorder, channels_last, to_uint8_frames
 from sf_core.media.tail import Tail
 from sf_core.pipeline import PromptSwitch, StreamingPipeline
+from sf_core.text.limits import quote
 
 from . import live, memory
 from .handles import SFStream, decoder_state, store_decoder_state
@@ -140,7 +141,7 @@ class StreamRun:
             context = self.stream.context.encode_prompt(text)
             memory.load([self.stream.model.patcher, self.stream.vae.patcher])  # the encoder may have evicted them
             self.pipeline.switch_prompt(state, context, self.live_recache)
-            self.notes.append(f"chunk {state.chunk_index}: {text!r}")
+            self.notes.append(f"chunk {state.chunk_index}: {quote(text)}")
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         decoded = self.decoder.decode_chunk(latents)  # [B, T, 3, H, W] in [-1, 1]
@@ -179,6 +180,7 @@ class StreamRun:
         lines += ["live prompt switches: " + "; ".join(self.notes)] if self.notes else []
         text = "\n".join(lines)
         return {"ui": {"text": [text], **recording_ui(self.path, self.record)},
+        lines += [f"text: {stream.context.note}"] if stream.context.note else []
                 "result": ({"samples": raw}, images, stream, text,
                            native_video(self.path, self.record, images, stream.fps))}
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from sf_core.pipeline import PromptSwitch
+from sf_core.text.limits import quote
 
 _LINE = re.compile(r"^\s*(?:(?P<sec>\d+(?:\.\d+)?)\s*s|(?:chunk\s*)?(?P<chunk>\d+))\s*:\s*(?P<prompt>.*?)\s*$",
                    re.IGNORECASE)
@@ -97,10 +98,10 @@ def parse_schedule(text: str) -> list[ScheduleEntry]:
             continue
         match = _LINE.match(line)
         if match is None:
-            raise ScheduleError(f"prompt schedule line {number} {line.strip()!r}: expected '<seconds>s: prompt' "
+            raise ScheduleError(f"prompt schedule line {number} {quote(line.strip())}: expected '<seconds>s: prompt' "
                                 "(e.g. '4.5s: a dog runs') or 'chunk <index>: prompt' (e.g. 'chunk 3: a dog runs')")
         if not match["prompt"]:
-            raise ScheduleError(f"prompt schedule line {number} {line.strip()!r}: the prompt after ':' is empty")
+            raise ScheduleError(f"prompt schedule line {number} {quote(line.strip())}: the prompt after ':' is empty")
         if match["sec"] is not None:
             entries.append(ScheduleEntry(match["prompt"], float(match["sec"]), "s"))
         else:
@@ -130,7 +131,7 @@ def schedule_switches(entries: list[ScheduleEntry], embeddings: dict[str, torch.
     for chunk, _, entry in timed:
         target = embeddings[entry.prompt]
         if target.shape != previous.shape:
-            raise ScheduleError(f"prompt {entry.prompt!r} has an embedding of shape {tuple(target.shape)}, the "
+            raise ScheduleError(f"prompt {quote(entry.prompt)} has an embedding of shape {tuple(target.shape)}, the "
                                 f"stream's is {tuple(previous.shape)}; encode every prompt with the same encoder")
         for j in range(steps):
             weight = (j + 1) / steps

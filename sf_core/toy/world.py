@@ -24,6 +24,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from sf_core.text.limits import quote
+
 FPS = 8
 
 SHAPES = ("circle", "square", "triangle")
@@ -130,23 +132,23 @@ def parse_prompt(text: str) -> SceneSpec:
                f"{sorted(BACKGROUND_COLOURS)}")
     m = _BACKGROUND_RE.match(" ".join(text.strip().split()))
     if not m:
-        raise PromptError(f"toy prompt {text!r}: no background phrase; {grammar}")
+        raise PromptError(f"toy prompt {quote(text)}: no background phrase; {grammar}")
     top, bottom = (m["plain"], m["plain"]) if m["plain"] else (m["top"], m["bottom"])
     for name in (top, bottom):
         if name not in BACKGROUND_COLOURS:
-            raise PromptError(f"toy prompt {text!r}: unknown background colour {name!r}; {grammar}")
+            raise PromptError(f"toy prompt {quote(text)}: unknown background colour {name!r}; {grammar}")
     head, _, last = m["objects"].rpartition(" and ")
     parts = (head.split(", ") if head else []) + [last]
     if len(parts) > MAX_OBJECTS:
-        raise PromptError(f"toy prompt {text!r}: {len(parts)} objects, at most {MAX_OBJECTS}")
+        raise PromptError(f"toy prompt {quote(text)}: {len(parts)} objects, at most {MAX_OBJECTS}")
     objects = []
     for part in parts:
         o = _OBJECT_RE.match(part)
         if not o or o["colour"] not in OBJECT_COLOURS or o["shape"] not in SHAPES:
-            raise PromptError(f"toy prompt {text!r}: cannot read object {part!r}; {grammar}")
+            raise PromptError(f"toy prompt {quote(text)}: cannot read object {part!r}; {grammar}")
         objects.append(ObjectSpec(o["shape"], o["colour"], _MOTION_BY_PHRASE[o["motion"]]))
     if len({o.colour for o in objects}) != len(objects):
-        raise PromptError(f"toy prompt {text!r}: object colours must be distinct")
+        raise PromptError(f"toy prompt {quote(text)}: object colours must be distinct")
     return SceneSpec(tuple(objects), (top, bottom))
 
 

@@ -32,3 +32,18 @@ def test_toy_encoder_cuts_like_umt5_instead_of_failing():
 def test_quotes_never_repeat_a_whole_long_prompt():
     assert quote("short") == "'short'"
     assert quote("x" * 500) == repr("x" * 48 + "…")
+
+
+def test_schedule_and_toy_prompt_errors_quote_only_the_start():
+    import pytest
+
+    from sf_core.media.timing import ScheduleError, parse_schedule
+    from sf_core.toy.world import PromptError, parse_prompt
+
+    long = "a cat " * 100
+    with pytest.raises(ScheduleError) as bad_line:
+        parse_schedule("4s " + long)
+    with pytest.raises(PromptError) as bad_prompt:
+        parse_prompt(long)
+    for error in (bad_line.value, bad_prompt.value):
+        assert long.strip() not in str(error) and "…" in str(error)
