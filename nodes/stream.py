@@ -78,7 +78,7 @@ def _record_inputs():
 
 
 class _LiveStream:
-    """What the sampler and extend nodes share: stream outputs, live preview, never cached."""
+    """What the sampler and extend nodes share: stream outputs, live preview, cached unless steered live."""
     CATEGORY = CATEGORY
     RETURN_TYPES = OUTPUTS
     RETURN_NAMES = OUTPUT_NAMES
