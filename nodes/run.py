@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from sf_core.media.recording import VideoRecorder, channels_last, to_uint8_frames
+from sf_core.numerics import check_finite, weights_of
 from sf_core.media.tail import Tail
 from sf_core.pipeline import PromptSwitch, StreamingPipeline
 from sf_core.text.limits import quote
@@ -151,6 +152,10 @@ class StreamRun:
 
     def _emit(self, chunk, decoded: torch.Tensor, started: float) -> None:
         """Record, preview and keep (as far as asked) one decoded chunk."""
+        model, vae = self.stream.model, self.stream.vae
+        check_finite(f"chunk {chunk.index}", chunk.latents, {f"the model {model.name}": model.model}, model.dtype)
+        check_finite(f"decoded chunk {chunk.index}", decoded, {f"the VAE {vae.name}": weights_of(self.decoder)},
+                     model.dtype)  # a NaN chunk stops the run; the recording keeps the chunks before it
         latency = (time.perf_counter() - started) * 1000
         self.made += 1
         self.latency_ms += latency

@@ -14,6 +14,15 @@ class NonFiniteError(RuntimeError):
     """NaN or Inf appeared in a stream; `str()` names where and the likely cause."""
 
 
+def weights_of(component) -> nn.Module:
+    """The module holding a component's weights: itself, or a chunk decoder's `vae` / `model` (an empty
+    module for weightless components such as the toy pixel decoder)."""
+    if isinstance(component, nn.Module):
+        return component
+    found = (getattr(component, name, None) for name in ("vae", "model"))
+    return next((m for m in found if isinstance(m, nn.Module)), nn.Module())
+
+
 def first_nonfinite(module: nn.Module) -> str | None:
     """Name of the first parameter / buffer of `module` holding NaN or Inf, else None."""
     for name, t in module.state_dict().items():
@@ -32,6 +41,7 @@ def check_finite(what: str, x: torch.Tensor, culprits: dict[str, nn.Module], dty
         if bad is not None:
             raise NonFiniteError(f"{what} holds NaN/Inf: {source} has non-finite values in {bad!r}; the file is "
                                  "damaged or was saved after a diverged training run, so use another copy")
-    hint = ("float16 overflows in this model: use --dtype bfloat16 or float32" if dtype == torch.float16 else
+    hint = ("float16 overflows in this model: use bfloat16 or float32 (--dtype, or the loader's dtype)"
+            if dtype == torch.float16 else
             "the weights are finite, so check the sampling settings (--shift, --steps) and the prompt embedding")
     raise NonFiniteError(f"{what} holds NaN/Inf; {hint}")

@@ -33,7 +33,7 @@ from sf_core.media.recording import VideoRecorder, channels_last
 from sf_core.media.timing import chunk_at_time, chunks_for_frames, decoder_frame_counts
 from sf_core.state import StateError, StreamState, read_header
 from sf_core.generate.outputs import RunOutputs
-from sf_core.numerics import NonFiniteError, check_finite
+from sf_core.numerics import NonFiniteError, check_finite, weights_of
 from sf_core.media.outputs import reason
 from safetensors import SafetensorError
 
@@ -506,7 +506,7 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
     print(f"writing {plan.out}" + (f" and {plan.png_dir}/" if plan.png_dir else ""), file=sys.stderr, flush=True)
     progress = Progress(plan.chunks)
     culprits = {"dit": {f"--checkpoint {plan.files.checkpoint}": model},
-                "decoder": {f"the decoder {plan.files.decoder or plan.files.decoder_kind}": _weights(decoder)}}
+                "decoder": {f"the decoder {plan.files.decoder or plan.files.decoder_kind}": weights_of(decoder)}}
     interrupted = False
     skip_last = plan.speed.skip_last_cache_pass  # the stream is not saved, so never continued: 1 pass fewer
     try:
@@ -549,12 +549,6 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
                 return 2
             print(f"saved the stream state to {plan.save_state}", file=sys.stderr)
     return 130 if interrupted else 0
-
-
-def _weights(decoder) -> torch.nn.Module:
-    """The module holding a chunk decoder's weights (an empty one for weightless decoders)."""
-    return next((m for m in (getattr(decoder, a, None) for a in ("vae", "model")) if isinstance(m, torch.nn.Module)),
-                torch.nn.Module())
 
 
 def _check(plan: Plan, recorder: VideoRecorder, what: str, x: torch.Tensor, culprits: dict) -> None:
