@@ -1,9 +1,11 @@
 """What the stream nodes ask ComfyUI's memory manager for, and what their outputs keep (no ComfyUI needed)."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from nodes import memory
-from nodes.run import Keep
+from nodes.run import Keep, trained_length_warning
 from sf_core.config import StreamConfig
 from sf_core.pipeline import StreamingPipeline
 from sf_core.toy.pixels import PixelDecoder
@@ -31,3 +33,18 @@ def test_outputs_keep_the_last_frames_and_their_latents_by_default():
         Keep("some")
     with pytest.raises(ValueError, match="output_frames must be at least 1"):
         Keep("last frames", 0)
+
+
+@pytest.mark.parametrize("window,chunks,warned", [(-1, 7, False), (-1, 8, True), (9, 20, False)])
+def test_report_warns_once_a_global_cache_passes_the_trained_length(tiny_model, window, chunks, warned):
+    config = StreamConfig(chunk_frames=3, window=window, sink=0)
+    pipe = StreamingPipeline(tiny_model, config)
+    state = pipe.start(torch.randn(1, 16, tiny_model.config.text_dim), 32, 32, max_frames=3 * chunks)
+    for _ in range(chunks):
+        pipe.step(state)
+    stream = SimpleNamespace(state=state)
+    warning = trained_length_warning(stream)
+    assert (warning is not None) == warned
+    if warned:
+        assert warning.startswith("warning: the global KV cache holds 24 latent frames, past the 21") and \
+            "cache_window" in warning
