@@ -20,8 +20,10 @@ from sf_core.media.recording import VideoRecorder, channels_last, to_uint8_frame
 from sf_core.numerics import check_finite, weights_of
 from sf_core.media.tail import Tail
 from sf_core.pipeline import PromptSwitch, StreamingPipeline
+from sf_core.speed.settings import accelerate
 from sf_core.text.limits import quote
 
+from .speed import node_speed, stream_level
 from . import live, memory
 from .handles import SFStream, decoder_state, store_decoder_state
 from .video import native_video, recording_ui
@@ -92,7 +94,9 @@ class StreamRun:
         self.stream, self.num_chunks, self.node = stream, num_chunks, str(node_id)
         self.switches, self.live_recache, self.keep = switches or {}, live_recache, keep
         model, state, vae = stream.model, stream.state, stream.vae
-        self.pipeline = StreamingPipeline(model.model, stream.config, model.device, model.dtype, vae.spatial_stride)
+        self.speed = node_speed(stream_level(stream), model)
+        self.pipeline = StreamingPipeline(accelerate(model.model, self.speed), stream.config, model.device,
+                                          model.dtype, vae.spatial_stride)
         self.decoder = vae.fresh_decoder(decoder_state(state.extras))
         self.height, self.width = vae.spatial_stride * state.latent_height, vae.spatial_stride * state.latent_width
         self.record, self.path = record, output_path(filename_prefix, record, self.width, self.height)
@@ -178,7 +182,8 @@ class StreamRun:
                   f"{self.height} at {stream.fps:g} fps (stream total {stream.frames} frames, next chunk "
                   f"{stream.state.chunk_index}); mean chunk latency {self.latency_ms / max(self.made, 1):.0f} ms; "
                   f"KV cache holds {stream.state.cache.frames_held} latent frames")
-        lines = [report, f"outputs: {self.keep.describe()} ({images.shape[0]} frames in IMAGE)"]
+        lines = [report, f"outputs: {self.keep.describe()} ({images.shape[0]} frames in IMAGE)",
+                 f"speed: {self.speed.describe()}"]
         lines += [f"memory: {self.memory_note}"] if self.memory_note else []
         lines += [warning] if (warning := trained_length_warning(stream)) else []
         lines += [f"recording: {self.path}"] if self.path else []

@@ -11,6 +11,7 @@ import torch.nn as nn
 from sf_core.speed.settings import LEVELS, SpeedSettings, accelerate, resolve_speed
 
 DEFAULT = "safe"
+INHERIT = "stream"
 NODE_FIXED = {"skip_last_cache_pass": False, "overlap_decode": False}
 
 
@@ -20,6 +21,19 @@ def speed_input() -> dict:
         "off: the plain path. safe: every optimisation that leaves the output unchanged on this device (CUDA "
         "graphs on a GPU). max: also torch.compile, fast RoPE, fp8 linears (sm89+), cuDNN attention — output "
         "within bf16 tolerance. The resolved choice is in the report.")})}
+
+
+def extend_speed_input() -> dict:
+    """The extend node's `speed`: the stream's own level unless another one is chosen."""
+    return {"speed": ([INHERIT, *LEVELS], {"default": INHERIT, "tooltip": (
+        "stream: the level the stream was made with (the sampler's speed); or off / safe / max for this "
+        "extension (see the sampler's tooltip). Every level continues the stream exactly where it ended.")})}
+
+
+def stream_level(stream) -> str:
+    """The level a stream runs at: what its sampler / extend chose ('' from a graph saved before the menu,
+    or a stream loaded from a file: the default)."""
+    return stream.info.get("speed") or DEFAULT
 
 
 def node_speed(level: str, sf_model) -> SpeedSettings:

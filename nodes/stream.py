@@ -12,6 +12,7 @@ from sf_core.media.timing import chunks_for_frames, parse_schedule, schedule_swi
 
 from . import live, memory
 from .run import KEEP_CHOICES, KEEP_FRAMES, Keep, make_room, run_stream
+from .speed import DEFAULT as DEFAULT_SPEED, INHERIT, LEVELS, extend_speed_input, speed_input, stream_forward
 from .categories import CONDITIONING
 from .choices import CACHE_SINK, CACHE_WINDOW, CHECKPOINT, CHUNK_FRAMES, GLOBAL, STEPS
 from .native import MODEL_INPUT, VAE_INPUT, as_sf_model, as_sf_vae
@@ -126,15 +127,17 @@ class SFStreamSampler(_LiveStream):
                 "schedule": (SCHEDULE_TYPE, {"tooltip": "Prompt switches from 'SF Prompt Schedule'."}),
                 "start": (START_TYPE, {"tooltip": "A start image from 'SF Image To Video Start'."}),
                 **_output_inputs(),
+                **speed_input(),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, width=None, height=None, length=None, length_unit=None, fps=None, chunk_frames=None,
-                        steps=None, cache_window=None, cache_sink=None, outputs=None):
+                        steps=None, cache_window=None, cache_sink=None, outputs=None, speed=None):
         return first_problem(size_problem(width, height), range_problem("fps", fps, 1.0, MAX_FPS),
                              legacy_combo_problem("outputs", outputs, KEEP_CHOICES),
+                             legacy_combo_problem("speed", speed, list(LEVELS)),
                              range_problem("length", length, 0.0, MAX_LENGTH), length_problem(length, length_unit, fps),
                              *(choice_problem(c, v) for c, v in ((CHUNK_FRAMES, chunk_frames), (STEPS, steps),
                                                                   (CACHE_WINDOW, cache_window),
@@ -142,8 +145,9 @@ class SFStreamSampler(_LiveStream):
 
     def sample(self, sf_model, sf_context, sf_vae, width, height, length, length_unit, seed, fps, chunk_frames,
                steps, cache_window, cache_sink, record, filename_prefix, live_recache, schedule=None, start=None,
-               outputs=KEEP_CHOICES[0], output_frames=KEEP_FRAMES, unique_id=None):
+               outputs=KEEP_CHOICES[0], output_frames=KEEP_FRAMES, speed=DEFAULT_SPEED, unique_id=None):
         sf_model, sf_vae = as_sf_model(sf_model), as_sf_vae(sf_vae)
+        speed = speed or DEFAULT_SPEED  # '': a graph saved before the menu
         config = stream_config_for(sf_model.stream_config, chunk_frames, steps, cache_window, cache_sink)
         sf_vae.check_model(sf_model.model)
         initial = None
@@ -155,14 +159,15 @@ class SFStreamSampler(_LiveStream):
         start_frames = None if initial is None else 4 * initial.shape[1] - 3  # the start image's decoded frames
         counts = sf_vae.frame_counts(config.chunk_frames)
         num_chunks = _num_chunks(length, length_unit, fps, counts, start_frames)
-        pipeline = StreamingPipeline(sf_model.model, config, sf_model.device, sf_model.dtype, sf_vae.spatial_stride)
+        pipeline = StreamingPipeline(stream_forward(sf_model, speed), config, sf_model.device, sf_model.dtype,
+                                     sf_vae.spatial_stride)
         keep = Keep(outputs or KEEP_CHOICES[0], output_frames)  # '': a graph saved before the menu
         frames = (0 if initial is None else initial.shape[1]) + num_chunks * config.chunk_frames
         room = make_room(sf_model, sf_vae, config, pipeline.latent_size(height, width),
                          frames if config.window == -1 else config.window, sf_context.embedding.shape[0])
         state = pipeline.start(sf_context.embedding, height, width, seed=seed, initial_latents=initial,
                                max_frames=frames)
-        stream = SFStream(state, sf_model, sf_vae, sf_context, config, fps)
+        stream = SFStream(state, sf_model, sf_vae, sf_context, config, fps, info={"speed": speed})
         switches = resolve_schedule(schedule, sf_context.embedding, fps, config, counts, first_chunk=0)
         return run_stream(stream, num_chunks, unique_id, record, filename_prefix, switches, live_recache, initial,
                           keep, room)
@@ -213,17 +218,20 @@ class SFStreamExtend(_LiveStream):
                 "sf_context": (CONTEXT_TYPE, {"tooltip": "New prompt; leave empty to keep the stream's prompt."}),
                 "schedule": (SCHEDULE_TYPE, {"tooltip": "Prompt switches, timed from the start of this extension."}),
                 **_output_inputs(),
+                **extend_speed_input(),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, length=None, length_unit=None, outputs=None):
+    def VALIDATE_INPUTS(cls, length=None, length_unit=None, outputs=None, speed=None):
         return first_problem(range_problem("length", length, 0.0, MAX_LENGTH), length_problem(length, length_unit),
-                             legacy_combo_problem("outputs", outputs, KEEP_CHOICES))
+                             legacy_combo_problem("outputs", outputs, KEEP_CHOICES),
+                             legacy_combo_problem("speed", speed, [INHERIT, *LEVELS]))
 
     def extend(self, sf_stream, length, length_unit, recache, record, filename_prefix, live_recache,
-               sf_context=None, schedule=None, outputs=KEEP_CHOICES[0], output_frames=KEEP_FRAMES, unique_id=None):
+               sf_context=None, schedule=None, outputs=KEEP_CHOICES[0], output_frames=KEEP_FRAMES, speed=INHERIT,
+               unique_id=None):
         config = sf_stream.config
         counts = sf_stream.vae.frame_counts(config.chunk_frames)
         num_chunks = _num_chunks(length, length_unit, sf_stream.fps, counts, lead_frames=0)
@@ -233,6 +241,8 @@ class SFStreamExtend(_LiveStream):
         room = make_room(sf_stream.model, sf_stream.vae, config, (base.latent_height, base.latent_width),
                          cache.reserved_frames(frames), base.batch)
         stream = dataclasses.replace(sf_stream, state=base.fork(), info=dict(sf_stream.info))
+        if speed and speed != INHERIT:
+            stream.info["speed"] = speed
         state = stream.state
         state.cache.reserve(frames)
         switches = {}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import warnings
 import weakref
@@ -42,10 +41,12 @@ KEYS = ("weights", "kv_cache", "cross_cache", "activations_peak", "decoder_peak"
 
 # -- tracing ---------------------------------------------------------------------------------------------
 @contextmanager
-def fake_mode():
-    """Tensors created inside are fake CPU tensors: real shapes, dtypes and kernels' outputs, no storage."""
+def fake_mode(allow_non_fake_inputs: bool = False):
+    """Tensors created inside are fake CPU tensors: real shapes, dtypes and kernels' outputs, no storage.
+    `allow_non_fake_inputs`: real / meta tensors may enter ops (e.g. `to_empty` of a meta module)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    with warnings.catch_warnings(), FakeTensorMode(), torch.device("cpu"), torch.no_grad():
+    mode = FakeTensorMode(allow_non_fake_inputs=allow_non_fake_inputs)
+    with warnings.catch_warnings(), mode, torch.device("cpu"), torch.no_grad():
         warnings.filterwarnings("ignore", "Accessing the data pointer of FakeTensor")  # cache keys use data_ptr
         yield
 

@@ -1,6 +1,7 @@
 """`python -m sf_core.train --config FILE [key.sub=value ...]` (also under `torchrun`);
 `python -m sf_core.train encode --config FILE` fills the text-embedding cache for all prompts;
-`python -m sf_core.train export --config FILE [--checkpoint DIR] --out FILE` exports a checkpoint's generator."""
+`python -m sf_core.train export --config FILE [--checkpoint DIR] --out FILE` exports a checkpoint's generator;
+`python -m sf_core.train estimate --config FILE --world-size N [--json]` prints the per-rank peak memory."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv.pop(0) if argv and argv[0] in ("train", "export", "encode") else "train"
+    command = argv.pop(0) if argv and argv[0] in ("train", "export", "encode", "estimate") else "train"
     parser = argparse.ArgumentParser(prog="python -m sf_core.train", description=__doc__)
     parser.add_argument("--config", required=True, help="YAML or TOML training config")
     if command == "export":
@@ -17,17 +18,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--out", required=True, help="output .safetensors")
         parser.add_argument("--lora", action="store_true",
                             help="write only the LoRA adapters (for generate --lora / SF LoRA), not merged weights")
+    if command == "estimate":
+        parser.add_argument("--world-size", type=int, required=True, help="number of ranks (GPUs)")
+        parser.add_argument("--json", action="store_true", help="one JSON object of integer byte counts")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.lr_generator=1e-5")
     args = parser.parse_args(argv)
 
     from .config import TrainConfigError, load_config
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, check_files=command != "estimate")
     except TrainConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if command == "export":
         return _export(cfg, args.checkpoint, args.out, args.lora)
+    if command == "estimate":
+        from .estimate import main_estimate
+        return main_estimate(cfg, args.world_size, args.json)
     if command == "encode":
         import json
 

@@ -27,3 +27,20 @@ def test_node_levels_never_skip_the_last_cache_pass_and_keep_the_output(tiny_mod
                            32, 32, seed=1)
         outs.append([pipe.step(state).latents for _ in range(3)])
     assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_sampler_and_extend_validate_the_menu_and_accept_graphs_saved_before_it():
+    from nodes.stream import SFStreamExtend, SFStreamSampler
+    assert SFStreamSampler.VALIDATE_INPUTS(speed="") is True and SFStreamSampler.VALIDATE_INPUTS(speed="max") is True
+    assert "speed: 'turbo'" in SFStreamSampler.VALIDATE_INPUTS(speed="turbo")
+    assert SFStreamExtend.VALIDATE_INPUTS(length=2, length_unit="chunks", speed="stream") is True
+    assert SFStreamSampler.INPUT_TYPES()["optional"]["speed"][1]["default"] == "safe"
+    assert SFStreamExtend.INPUT_TYPES()["optional"]["speed"][1]["default"] == "stream"
+
+
+def test_a_stream_runs_at_its_own_level_or_the_default():
+    from nodes.handles import SFStream
+    from nodes.speed import stream_level
+    make = lambda info: SFStream(None, None, None, None, StreamConfig(), 16.0, info=info)  # noqa: E731
+    assert stream_level(make({"speed": "max"})) == "max"
+    assert stream_level(make({})) == stream_level(make({"speed": ""})) == "safe"
