@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -115,6 +116,25 @@ class StreamConfig:
     sink: int = 0                             # latent frames pinned at the start of a rolling cache
     context_noise: float = 0.0                # timestep of the cache-update pass
     extra: dict = field(default_factory=dict, compare=False)
+
+    def problems(self) -> list[str]:
+        """What makes these settings impossible to sample with (empty when they are fine)."""
+        def number(x, low):
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= low
+        found = []
+        if not (isinstance(self.chunk_frames, int) and self.chunk_frames >= 1):
+            found.append(f"chunk_frames={self.chunk_frames!r} (expected an integer >= 1)")
+        if not (number(self.shift, 0) and self.shift > 0):
+            found.append(f"shift={self.shift!r} (expected a finite number > 0)")
+        if not (isinstance(self.window, int) and (self.window == -1 or self.window >= 1)):
+            found.append(f"window={self.window!r} (expected -1 for a global cache or >= 1)")
+        if not (isinstance(self.sink, int) and self.sink >= 0):
+            found.append(f"sink={self.sink!r} (expected an integer >= 0)")
+        if not (number(self.context_noise, 0) and self.context_noise <= 1000):
+            found.append(f"context_noise={self.context_noise!r} (expected a timestep in [0, 1000])")
+        if not self.denoising_steps or not all(number(t, 0) and 0 < t <= 1000 for t in self.denoising_steps):
+            found.append(f"denoising_steps={list(self.denoising_steps)!r} (expected values in (0, 1000])")
+        return found
 
     def to_metadata(self) -> dict[str, str]:
         d = asdict(self)

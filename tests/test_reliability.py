@@ -386,6 +386,16 @@ def test_checkpoint_files_and_folders_are_fsynced_before_they_are_named(tmp_path
     assert synced.count(tmp) >= len(os.listdir(final)) and str(tmp_path) in synced
 
 
+@pytest.mark.parametrize("output, pattern", [
+    (lambda t: _touch(t / "f.txt") / "x.safetensors", r"f\.txt is a file, not a folder"),
+    (lambda t: t, r"is a folder; give a file name"),
+])
+def test_convert_checks_its_output_before_reading_the_input(output, pattern, models, tmp_path, capsys):
+    from sf_core.weights import convert
+    assert convert.main([str(models["checkpoint"]), str(output(tmp_path))]) == 1
+    assert re.search(pattern, _one_error_line(capsys))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Stream states in the library (the nodes call the same checks)
 

@@ -44,18 +44,7 @@ def numbers(args) -> None:
 
 def stream_settings(stream, source: str) -> None:
     """A StreamConfig read from `source` (a file's metadata, or the command line) that can be sampled."""
-    problems = []
-    if not (isinstance(stream.chunk_frames, int) and stream.chunk_frames >= 1):
-        problems.append(f"chunk_frames={stream.chunk_frames!r} (expected an integer >= 1)")
-    if not (isinstance(stream.shift, (int, float)) and math.isfinite(stream.shift) and stream.shift > 0):
-        problems.append(f"shift={stream.shift!r} (expected a finite number > 0)")
-    if not (isinstance(stream.window, int) and (stream.window == -1 or stream.window >= 1)):
-        problems.append(f"window={stream.window!r} (expected -1 for a global cache or >= 1)")
-    if not (isinstance(stream.sink, int) and stream.sink >= 0):
-        problems.append(f"sink={stream.sink!r} (expected an integer >= 0)")
-    steps = stream.denoising_steps
-    if not steps or not all(isinstance(s, (int, float)) and 0 < s <= 1000 for s in steps):
-        problems.append(f"denoising_steps={list(steps)!r} (expected values in (0, 1000])")
+    problems = stream.problems()
     if problems:
         raise UsageError(f"{source}: invalid stream settings: {'; '.join(problems)}")
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
+from sf_core.media import outputs
+from sf_core.media.outputs import OutputError
 from sf_core.weights.checkpoint import (CheckpointError, check_state_dict, dominant_dtype, load_state_dict,
                                 model_config_from, save_comfy_native_ar, save_diffusers, save_safetensors)
 from sf_core.config import DTYPES, SHORT_DTYPE_NAMES, ConfigError, StreamConfig, short_dtype_name
@@ -70,8 +73,9 @@ def stream_config_from_args(args, meta: dict) -> StreamConfig:
         "context_noise": args.context_noise,
     }
     cfg = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    if cfg.chunk_frames < 1:
-        raise SystemExit(f"--chunk-frames must be >= 1, got {cfg.chunk_frames}")
+    if cfg.problems():
+        raise SystemExit(f"error: invalid stream settings (options, else the input's sf_stream metadata): "
+                         f"{'; '.join(cfg.problems())}")
     if cfg.window != -1 and cfg.window < cfg.chunk_frames + cfg.sink:
         raise SystemExit(f"--window {cfg.window} must be -1 or at least chunk frames + sink "
                          f"({cfg.chunk_frames} + {cfg.sink})")
@@ -80,6 +84,11 @@ def stream_config_from_args(args, meta: dict) -> StreamConfig:
 
 def convert(args) -> str:
     """Run one conversion; returns the one-line summary."""
+    output = Path(args.output)  # checked before the (large) input is read
+    if args.format == "diffusers":
+        outputs.check_folder("output", output)
+    else:
+        outputs.check_file("output", output, overwrite=True)
     sd, meta = load_state_dict(args.input)
     model_cfg = model_config_from(sd, meta, args.input)
     check_state_dict(sd, model_cfg, args.input)
@@ -101,8 +110,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         print(convert(args))
-    except (CheckpointError, ConfigError) as e:
+    except (CheckpointError, ConfigError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: writing {args.output}: {outputs.reason(e)}", file=sys.stderr)
         return 1
     return 0
 

@@ -91,7 +91,9 @@ def test_errors_are_reported_with_the_file(tmp_path, capsys):
     (["--steps", "1000,abc"], "--steps: expected comma-separated numbers"),
     (["--steps", "2000"], "timesteps in [0, 1000]"),
     (["--window", "3", "--sink", "1"], "--window 3 must be -1 or at least chunk frames + sink (3 + 1)"),
-    (["--chunk-frames", "0"], "--chunk-frames must be >= 1"),
+    (["--chunk-frames", "0"], "invalid stream settings (options, else the input's sf_stream metadata): "
+                              "chunk_frames=0 (expected an integer >= 1)"),
+    (["--shift", "nan"], "shift=nan (expected a finite number > 0)"),
 ])
 def test_bad_stream_options(argv, message, tmp_path):
     src = write_layout("wan_single", random_sd(), tmp_path)
