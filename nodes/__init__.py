@@ -5,7 +5,7 @@ Importing this package has no side effects; ComfyUI's entry point calls `load_no
 """
 import importlib
 
-NODE_MODULES = ("diagnostics", "test_pattern", "loaders", "embedded", "stream", "io")
+NODE_MODULES = ("diagnostics", "test_pattern", "loaders", "embedded", "stream", "io", "v2v", "lora")
 
 
 def load_node_mappings():

@@ -133,9 +133,14 @@ class StreamRun:
                 return "stopped"
             self._switch_prompt()
             started = time.perf_counter()
-            chunk = self.pipeline.step(self.stream.state, callback=check)
-            self._emit(chunk, self._decode(chunk.latents), started)
+            self._emit(*self._next_chunk(made, check), started)
         return "finished"
+
+    def _next_chunk(self, made: int, check) -> tuple:
+        """Denoise and decode chunk `made` of this run -> (chunk, frames [B, T, 3, H, W]); video to video
+        (nodes/v2v.py) makes its chunks from input frames instead."""
+        chunk = self.pipeline.step(self.stream.state, callback=check)
+        return chunk, self._decode(chunk.latents)
 
     def _switch_prompt(self) -> None:
         state = self.stream.state

@@ -301,14 +301,15 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def models(comfy):
     """Tiny checkpoints in the real formats under the real Wan asset names in the server's model folders
-    (tests/e2e/tiny_files.py), and a start image `sf_start.png` in its input folder."""
+    (tests/e2e/tiny_files.py), and a start image `sf_start.png` and a 26-frame video `sf_input.mp4` in its input folder."""
     import numpy as np
     from PIL import Image
 
-    from e2e.tiny_files import write_tiny_models
+    from e2e.tiny_files import write_input_video, write_tiny_models
 
     paths = write_tiny_models(comfy.base_dir / "models")
     (comfy.base_dir / "input").mkdir(exist_ok=True)
     gradient = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
     Image.fromarray(gradient).save(comfy.base_dir / "input" / "sf_start.png")
+    write_input_video(comfy.base_dir / "input" / "sf_input.mp4")
     return paths
