@@ -349,6 +349,20 @@ def test_truncated_latest_checkpoint_falls_back_and_resumes_exactly(tmp_path):
     assert checkpoint_problem(damaged / "checkpoints" / "step_00000004") is None  # saved again on the way
 
 
+@pytest.mark.parametrize("override, pattern", [
+    ("optim.lr_generator=nan", r"optim\.lr_generator: expected a finite number, got nan"),
+    ("optim.grad_clip_generator=inf", r"optim\.grad_clip_generator: expected a finite number, got inf"),
+    ("ema.decay=-inf", r"ema\.decay: expected a finite number"),
+    ("run.output_dir={tmp}/f.txt/run", r"run\.output_dir .*f\.txt is a file, not a folder"),
+])
+def test_training_config_refuses_non_finite_numbers_and_impossible_output(override, pattern, tmp_path, monkeypatch):
+    from sf_core.train.config import TrainConfigError, load_config
+    _touch(tmp_path / "f.txt")
+    monkeypatch.chdir(ROOT)  # the tiny config's prompts are relative to the repository
+    with pytest.raises(TrainConfigError, match=pattern):
+        load_config(Path(ROOT) / "sf_core/train/configs/tiny_dmd.yaml", [override.format(tmp=tmp_path)])
+
+
 def test_damaged_checkpoints_are_named_and_never_loaded(tmp_path):
     net = torch.nn.Linear(4, 4)
     opt = torch.optim.AdamW(net.parameters())

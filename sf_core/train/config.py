@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from sf_core.config import ModelConfig, StreamConfig
+from sf_core.media.outputs import OutputError, check_folder
 
 OBJECTIVES = ("dmd", "sid", "gan", "ode", "teacher_forcing", "diffusion_forcing")
 NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
@@ -209,14 +211,17 @@ def _coerce(value, annotation, where: str):
             return value
         raise TrainConfigError(f"{where}: expected an integer, got {value!r}")
     if annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise TrainConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None or not math.isfinite(number):  # a NaN/Inf learning rate trains to NaN silently
+            raise TrainConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -422,6 +427,10 @@ def _check_files(cfg: TrainConfig) -> None:
     for key, p in files:
         if p is not None and not p.startswith(TINY_PREFIX) and not Path(p).exists():
             _bad(key, f"file {p} does not exist")
+    try:  # before any model is built
+        check_folder("run.output_dir", Path(cfg.run.output_dir))
+    except OutputError as exc:
+        raise TrainConfigError(str(exc)) from None
     if cfg.data.prompts is not None and cfg.data.text_encoder is None:
         cache = Path(cfg.data.embeddings_cache or Path(cfg.run.output_dir) / "text_cache")
         if not cache.is_dir():
