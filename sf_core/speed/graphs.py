@@ -59,7 +59,9 @@ class FastForward(nn.Module):
     """The model's chunk forward with optional `torch.compile` (any device) and CUDA graphs (CUDA only)."""
 
     def __init__(self, model: CausalWanModel, compile: bool = False, compile_mode: str | None = None,
-                 cuda_graphs: bool = False, compile_backend: str = "inductor"):
+                 cuda_graphs: bool = False, compile_backend: str = "inductor", rope: str | None = None):
+        """`rope` ("exact" / "fast") overrides the model's RoPE mode for this forward only (the rotations are
+        passed in, and their dtype picks the arithmetic), so the model itself is never changed."""
         super().__init__()
         if compile and cuda_graphs and compile_mode in ("reduce-overhead", "max-autotune"):
             raise ValueError(f"compile mode {compile_mode!r} records its own CUDA graphs; with cuda_graphs=True "
@@ -69,8 +71,9 @@ class FastForward(nn.Module):
         self.warm_ups = 0  # eager passes run before captures (see _capture)
         self._planned = (torch.compile(model.forward_planned, mode=compile_mode, backend=compile_backend)
                          if compile else model.forward_planned)
+        self.rope_mode = rope or model.rope
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
-        self._weights = [*model.parameters(), *model.buffers()]  # 825 tensors at 1.3B: 0.18 ms per key (CPU)
+        self._weights: list[torch.Tensor] = []  # the model's tensors, re-listed once per chunk (see rope())
         self._freqs: tuple | None = None  # (key, rotations) of the last chunk position
         self._pool = None
 
@@ -91,20 +94,25 @@ class FastForward(nn.Module):
         return len(self._graphs)
 
     def rope(self, x: torch.Tensor, start_frame: int) -> torch.Tensor:
-        """RoPE rotations of the chunk x [B, F, C, H, W] at `start_frame`; the 5 passes of a chunk share one."""
+        """RoPE rotations of the chunk x [B, F, C, H, W] at `start_frame`; the 5 passes of a chunk share one.
+        A new chunk also re-lists the model's weights for the graph key (3.5 ms at 1.3B on a loaded CPU, once
+        per chunk; 0.18 ms per pass for their addresses), so weights replaced between chunks — ComfyUI's
+        model manager loading or patching them — never replay a graph built on the old ones."""
         _, f, _, h, w = x.shape
         _, ph, pw = self.model.config.patch_size
-        key = (f, h // ph, w // pw, start_frame, x.device, self.model.rope)
+        key = (f, h // ph, w // pw, start_frame, x.device, self.rope_mode)
         if self._freqs is None or self._freqs[0] != key:
             self._freqs = key, rope_freqs(f, h // ph, w // pw, self.model.config.head_dim, start_frame, x.device,
-                                          self.model.rope)
+                                          self.rope_mode)
+            if self.cuda_graphs:
+                self._weights = [*self.model.parameters(), *self.model.buffers()]
         return self._freqs[1]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cache: KVCache | None = None,
                 start_frame: int = 0) -> torch.Tensor:
         model = self.model
         if cache is None:
-            return self._planned(x, t, context, None, None, start_frame)
+            return self._planned(x, t, context, None, None, 0, None, self.rope(x, start_frame))
         cross_cache = model.cross_cache_for(cache)
         model.begin_cache(cache, x, start_frame)
         freqs = self.rope(x, start_frame)

@@ -3,7 +3,8 @@
   off   the plain path: eager model, every chunk committed to the cache, sequential decode.
   safe  every optimisation that leaves the output unchanged and that the device supports: CUDA-graph replay
         (same kernels, replayed), decode of chunk k overlapping the DiT of chunk k+1 (CUDA), the last
-        chunk's cache pass skipped when the stream will not be continued, RoPE once per chunk.
+        chunk's cache pass skipped when the stream will not be continued, RoPE rotations and time embeddings
+        computed once per chunk / per timestep value.
   max   safe + output within bf16 tolerance: `torch.compile` (CUDA), fast float32 RoPE, fp8 block linears
         (fp8 tensor cores, sm89+), the cuDNN attention kernel on sm90+ when flash-attn is not installed.
 An explicit switch wins over the level; a switch the device cannot run is refused with one line.
@@ -12,9 +13,7 @@ The CLI (`--speed`, `--compile`, ...) and the stream nodes (`speed` option) both
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
-import weakref
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -128,41 +127,33 @@ def _check(given: dict, caps: Capabilities) -> None:
 
 
 # -- applying the settings to a model ------------------------------------------------------------------------
-_ACCELERATED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
 def accelerate(model: nn.Module, settings: SpeedSettings) -> nn.Module:
     """The forward to hand to `StreamingPipeline` for `settings`: `model` itself for `off`, else a
-    `FastForward` over a twin of `model` that shares its weights (attention kernel, RoPE mode and fp8 are set
-    on the twin; `model` is never changed). Reused for the same model and settings, so compiled code and
-    captured graphs survive from one run to the next (the nodes build a pipeline per run)."""
-    if settings.level == "off" and settings == SpeedSettings("off"):
+    `FastForward` over `model` (RoPE mode as a per-forward override; the time-embedding memo turned on),
+    kept on the model and reused for the same settings, so compiled code and captured graphs survive from
+    one run to the next (the nodes build a pipeline per run). It always reads the model's current weights.
+    `attention` and `fp8` change the model in place (its attention kernel; its block linears become fp8):
+    for callers that own the model (the CLI); the nodes never ask for them."""
+    if settings == SpeedSettings("off"):
         return model
     from sf_core.speed.graphs import FastForward
 
-    memo = _ACCELERATED.setdefault(model, {})
+    if settings.attention is not None:
+        model.attention_backend = settings.attention
+        for module in model.modules():
+            if hasattr(module, "backend"):
+                module.backend = settings.attention
+    if settings.fp8 and not getattr(model, "fp8_linears", False):
+        from sf_core.speed.fp8 import to_fp8_linears_
+        to_fp8_linears_(model)
+        model.fp8_linears = True
+    if model._time_memo is None:
+        model._time_memo = {}
+    memo = model.__dict__.setdefault("_sf_forwards", {})  # a plain attribute: not a submodule, not in state_dict
     if settings not in memo:
-        twin = _twin(model)
-        if settings.attention is not None:
-            twin.attention_backend = settings.attention
-            for module in twin.modules():
-                if hasattr(module, "backend"):
-                    module.backend = settings.attention
-        if settings.rope is not None:
-            twin.rope = settings.rope
-        if settings.fp8:
-            from sf_core.speed.fp8 import to_fp8_linears_
-            to_fp8_linears_(twin)
-        memo[settings] = FastForward(twin, compile=settings.compile, cuda_graphs=settings.cuda_graphs)
+        memo[settings] = FastForward(model, compile=settings.compile, cuda_graphs=settings.cuda_graphs,
+                                     rope=settings.rope)
     return memo[settings]
-
-
-def _twin(model: nn.Module) -> nn.Module:
-    """A copy of the module tree holding the very same parameter and buffer tensors (no weight memory)."""
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    twin = copy.deepcopy(model, memo=shared)
-    twin._time_memo = {}
-    return twin
 
 
 # -- command line ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ def test_node_levels_never_skip_the_last_cache_pass_and_keep_the_output(tiny_mod
     handle = SFModel(tiny_model, StreamConfig(), "tiny", torch.device("cpu"))
     for level in ("off", "safe", "max"):
         s = node_speed(level, handle)
-        assert not s.skip_last_cache_pass and not s.overlap_decode
+        assert not s.skip_last_cache_pass and not s.overlap_decode and not s.fp8 and s.attention is None
     assert stream_forward(handle, "off") is tiny_model
     assert stream_forward(handle, "safe") is stream_forward(handle, "safe"), "reused across runs"
     outs = []

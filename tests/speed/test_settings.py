@@ -48,16 +48,27 @@ def test_explicit_switches_win_and_impossible_ones_are_refused():
     assert "identical" in _resolve("safe", CPU).describe()
 
 
-def test_accelerate_leaves_the_model_alone_and_reuses_its_forward(tiny_model):
+def test_accelerate_overrides_rope_per_forward_and_reuses_its_forward(tiny_model):
     assert accelerate(tiny_model, SpeedSettings("off")) is tiny_model
-    settings = _resolve("max", CPU, attention="math")
+    keys = set(tiny_model.state_dict())
+    settings = _resolve("max", CPU)
     fast = accelerate(tiny_model, settings)
     assert isinstance(fast, FastForward) and accelerate(tiny_model, settings) is fast
-    assert fast.model.rope == "fast" and tiny_model.rope == "exact"
-    assert fast.model._time_memo is not None and tiny_model._time_memo is None, "the memo is a speed-level feature"
-    assert {b.self_attn.backend for b in fast.model.blocks} == {"math"}
-    assert {b.self_attn.backend for b in tiny_model.blocks} == {"sdpa"}
-    assert all(a is b for a, b in zip(fast.model.parameters(), tiny_model.parameters())), "weights shared"
+    assert fast.model is tiny_model and fast.rope_mode == "fast" and tiny_model.rope == "exact"
+    assert tiny_model._time_memo is not None, "the memo is turned on for inference"
+    assert set(tiny_model.state_dict()) == keys, "the kept forward is no submodule"
+    pipe = StreamingPipeline(fast, StreamConfig())
+    state = pipe.start(torch.randn(1, 5, TINY_DIT.text_dim), 32, 32, seed=1, max_frames=3)
+    x = pipe.step(state).latents
+    ref_pipe = StreamingPipeline(tiny_model, StreamConfig())
+    ref = ref_pipe.step(ref_pipe.start(state.context, 32, 32, seed=1, max_frames=3)).latents
+    torch.testing.assert_close(x, ref, atol=1e-4, rtol=1e-4)  # fast RoPE in float32
+    assert not torch.equal(x, ref), "the fast rotations were used"
+
+
+def test_attention_is_set_in_place_for_callers_that_own_the_model(tiny_model):
+    accelerate(tiny_model, _resolve("safe", CPU, attention="math"))
+    assert {b.self_attn.backend for b in tiny_model.blocks} == {"math"}
 
 
 def test_safe_output_is_bitwise_the_plain_path(tiny_model):
@@ -70,10 +81,11 @@ def test_safe_output_is_bitwise_the_plain_path(tiny_model):
     assert all(torch.equal(a, b) for a, b in zip(*outs))
 
 
-def test_fp8_twin_swaps_its_own_linears_only(tiny_model):
+def test_fp8_swaps_the_block_linears_once(tiny_model):
     try:
         fast = accelerate(tiny_model, SpeedSettings("max", fp8=True))
     except RuntimeError as e:  # pragma: no cover - depends on the torch build
         pytest.skip(f"fp8 unavailable: {e}")
-    assert type(fast.model.blocks[0].ffn[0]).__name__ == "Fp8Linear"
-    assert isinstance(tiny_model.blocks[0].ffn[0], torch.nn.Linear)
+    assert type(tiny_model.blocks[0].ffn[0]).__name__ == "Fp8Linear" and fast.model is tiny_model
+    accelerate(tiny_model, SpeedSettings("max", fp8=True, rope="fast"))  # already fp8: not swapped again
+    assert type(tiny_model.blocks[0].ffn[0]).__name__ == "Fp8Linear"
