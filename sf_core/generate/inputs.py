@@ -139,7 +139,8 @@ def check_stream_loras(state: StreamState, loras: list[tuple[Path, float]], resu
 
 def v2v_chunks(v2v: V2VInput, pipe: StreamingPipeline, state: StreamState, decoder, height: int, width: int,
                prompts: dict[int, PromptSwitch]) -> Iterator[Chunk]:
-    """The stream's chunks made from the input video (the last one padded; the caller trims to the frame limit)."""
+    """The stream's chunks made from the input video (the last one padded; the caller trims to the frame limit).
+    The encoder is checked here, before the first chunk."""
     from sf_core.v2v import VideoToVideo
     from sf_core.vae.encoders import encoder_for
     try:
@@ -148,5 +149,4 @@ def v2v_chunks(v2v: V2VInput, pipe: StreamingPipeline, state: StreamState, decod
         raise UsageError(f"--input-video: {exc}") from None
     v2v_stream = VideoToVideo(pipe, state, encoder, v2v.strength, prompts)
     batches = v2v.source.batches(v2v_stream.counts[1], v2v.frames, (height, width), pipe.device)
-    for piece in v2v_stream.stream(batches):
-        yield piece.chunk
+    return (piece.chunk for piece in v2v_stream.stream(batches))

@@ -151,3 +151,16 @@ def test_a_stream_made_with_a_lora_resumes_only_with_it(files, tmp_path, capsys)
                           "--out", str(tmp_path / "c.mp4")]) == 2
     error = _error(capsys)  # the weights fingerprint, or (where it samples no LoRA layer) the recorded LoRAs
     assert "made with other weights" in error or "made with ours.safetensors:1; give the same --lora" in error
+
+
+def test_tiny_decoder_runs_v2v_with_its_own_encoder_and_a_decoder_only_file_is_refused(files, tmp_path, capsys):
+    from sf_core.vae.taehv import TAEHV
+    save_file(TAEHV(widths=(8, 8, 8, 8), encoder_width=8).state_dict(), str(tmp_path / "taew2_1.safetensors"))
+    save_file(TAEHV(widths=(8, 8, 8, 8), with_encoder=False).state_dict(), str(tmp_path / "dec_only.safetensors"))
+    tiny = ["--checkpoint", str(files["checkpoint"]), "--text-encoder", str(files["text_encoder"]),
+            "--input-video", str(files["video"])]
+    assert generate.main([*tiny, "--taehv", str(tmp_path / "taew2_1.safetensors"), "--out", str(tmp_path / "t.mp4")]) == 0
+    assert read_video(tmp_path / "t.mp4")[0].shape == (26, 32, 32, 3)
+    capsys.readouterr()
+    assert generate.main([*tiny, "--taehv", str(tmp_path / "dec_only.safetensors"), "--out", str(tmp_path / "d.mp4")]) == 2
+    assert "--input-video: this TAEHV file has no encoder weights" in _error(capsys)
