@@ -29,6 +29,7 @@ from .lora import inject_lora
 from .metrics import MetricsLogger
 from sf_core.config import DTYPES
 from .models import build_models
+from .sharded_init import build_sharded_models
 from .samples import render_samples
 
 SCORE_OBJECTIVES = ("dmd", "sid", "gan")
@@ -70,7 +71,12 @@ class Trainer:
         mod, factory = _import_factory(cfg.objective.factory)
         self.TrainBatch, self.StepInfo = mod.TrainBatch, mod.StepInfo
         need_scores = cfg.objective.name in SCORE_OBJECTIVES
-        generator, teacher, critic = build_models(cfg.model, self.model_config, need_scores)
+        sharded = ctx.strategy == "fsdp" and not cfg.lora.enabled  # LoRA adapters are injected before sharding
+        if sharded:  # meta device, shard, rank 0 fills the shards: no full copy on any other rank
+            generator, teacher, critic = build_sharded_models(cfg.model, self.model_config, need_scores, ctx,
+                                                              cfg.distributed.shard_frozen)
+        else:
+            generator, teacher, critic = build_models(cfg.model, self.model_config, need_scores)
         if generator.config != self.model_config and cfg.model.generator:
             self.model_config = generator.config  # a checkpoint's own shape wins over the (default) section
         self.lora_scale = None
@@ -80,11 +86,12 @@ class Trainer:
         for score in (teacher, critic):
             if score is not None:
                 score.checkpoint_blocks = cfg.train.score_checkpointing
-        generator = prepare_trainable(generator, ctx)
-        if teacher is not None:
-            teacher = prepare_frozen(teacher.to(DTYPES[cfg.model.dtype]), ctx, cfg.distributed.shard_frozen)
-        if critic is not None:
-            critic = prepare_trainable(critic, ctx)
+        if not sharded:
+            generator = prepare_trainable(generator, ctx)
+            if teacher is not None:
+                teacher = prepare_frozen(teacher.to(DTYPES[cfg.model.dtype]), ctx, cfg.distributed.shard_frozen)
+            if critic is not None:
+                critic = prepare_trainable(critic, ctx)
         self.objective = factory(cfg.objective.name, cfg.objective_options(), generator, teacher=teacher,
                                  critic=critic, discriminator=None)
         self.modules: dict[str, nn.Module] = dict(self.objective.trainable_modules())

@@ -105,3 +105,52 @@ def test_the_stated_torch_floor_has_the_public_fsdp2_api():
     # torch.distributed.fsdp.fully_shard / MixedPrecisionPolicy became public in 2.6 (pytorch#141868)
     assert (int(floor[1]), int(floor[2])) >= (2, 6)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: F401
+
+
+def _build_on_rank(rank: int, world: int, port: int, overrides: list[str], out: str) -> None:
+    import json
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    import sf_core.train.models as models
+    import sf_core.train.sharded_init as sharded_init
+    from sf_core.train.config import load_config
+    from sf_core.train.distributed import shutdown
+    from train_helpers import CONFIGS as configs
+    reads = []
+    for module in (models, sharded_init):
+        read = module.load_state_dict
+        module.load_state_dict = lambda path, read=read: (reads.append(str(path)), read(path))[1]
+    try:
+        trainer = Trainer(load_config(configs / "tiny_dmd.yaml", overrides))
+        local = [p.to_local().numel() for p in trainer.generator.parameters()]
+        full = [p.numel() for p in trainer.generator.parameters()]
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump({"reads": reads, "local": sum(local), "full": sum(full)}, f)
+    finally:
+        shutdown()
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_other_than_0_never_read_the_checkpoints(tmp_path):
+    """Models are built on the meta device, sharded, and filled from rank 0: rank 1 reads no file."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+    from sf_core.weights.checkpoint import save_safetensors
+    from test_export import _cfg as export_cfg
+    cfg = export_cfg(tmp_path)
+    ckpt = tmp_path / "generator.safetensors"
+    save_safetensors(random_model(cfg.model_config(), seed=3, scale=0.05), ckpt)
+    overrides = [f"data.prompts={ROOT / 'sf_core/train/configs/tiny_prompts.txt'}", f"run.output_dir={tmp_path / 'run'}",
+                 "distributed.strategy=fsdp", f"model.generator={ckpt}", f"model.teacher={ckpt}", f"model.critic={ckpt}"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "built")
+    mp.spawn(_build_on_rank, args=(2, port, overrides, out), nprocs=2, join=True)
+    got = [json.loads(open(f"{out}.{r}").read()) for r in range(2)]
+    assert got[0]["reads"] == [str(ckpt)] * 3 and got[1]["reads"] == []
+    assert all(g["local"] < g["full"] for g in got)  # each rank holds shards
