@@ -190,12 +190,12 @@ class StreamRun:
         lines = [report, f"outputs: {self.keep.describe()} ({images.shape[0]} frames in IMAGE)",
                  f"speed: {self.speed.describe()}"]
         lines += [f"memory: {self.memory_note}"] if self.memory_note else []
+        lines += [f"text: {stream.context.note}"] if stream.context.note else []
         lines += [warning] if (warning := trained_length_warning(stream)) else []
         lines += [f"recording: {self.path}"] if self.path else []
         lines += ["live prompt switches: " + "; ".join(self.notes)] if self.notes else []
         text = "\n".join(lines)
         return {"ui": {"text": [text], **recording_ui(self.path, self.record)},
-        lines += [f"text: {stream.context.note}"] if stream.context.note else []
                 "result": ({"samples": raw}, images, stream, text,
                            native_video(self.path, self.record, images, stream.fps))}
 
