@@ -15,7 +15,9 @@ or damaged is skipped, with a note, for the newest intact earlier one (keep >= 2
 
 With FSDP2 every rank takes part in gathering full state dicts (`torch.distributed.checkpoint.state_dict`
 helpers with `full_state_dict=True`); rank 0 writes them; on resume every rank reads the full tensors and
-the same helpers re-shard them.
+the same helpers re-shard them. With `run.checkpoint_format: sharded` nothing is gathered: each module and
+its optimizer go to `<module>.dcp/` (`torch.distributed.checkpoint`, every rank writes its own shards,
+resumable the same way; needs a filesystem all ranks share); the EMA shadow stays a gathered file.
 """
 from __future__ import annotations
 
@@ -145,6 +147,9 @@ def checkpoint_problem(path: Path) -> str | None:
     Reads file headers only."""
     if not (path / TRAINER_FILE).is_file():
         return f"{path} has no {TRAINER_FILE}"
+    unfinished = [d.name for d in sorted(path.glob("*.dcp")) if not (d / ".metadata").is_file()]
+    if unfinished:
+        return f"{path}: sharded state {unfinished[0]} has no .metadata (an interrupted save)"
     return next(filter(None, map(safetensors_problem, sorted(path.glob("*.safetensors")))), None)
 
 
@@ -174,8 +179,9 @@ def step_folder_name(step: int) -> str:
 
 def save_checkpoint(folder: str | Path, step: int, *, ctx: DistContext, modules: dict[str, nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer], ema, data_state: dict, rng: tuple,
-                    extra: dict | None = None, keep: int = 0) -> Path:
-    """Collective: every rank must call it. Returns the final checkpoint folder."""
+                    extra: dict | None = None, keep: int = 0, sharded: bool = False) -> Path:
+    """Collective: every rank must call it. Returns the final checkpoint folder. `sharded`: modules and
+    optimizers as `torch.distributed.checkpoint` folders, each rank writing its own shards (no gather)."""
     folder = Path(folder)
     name = step_folder_name(step)
     tmp, final = folder / f".{name}.tmp", folder / name
@@ -190,16 +196,10 @@ def save_checkpoint(folder: str | Path, step: int, *, ctx: DistContext, modules:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     ctx.barrier()
-    # gathers are collective: all ranks run them, rank 0 writes
-    for key, module in modules.items():
-        sd = get_model_state_dict(module, options=_GATHER)
-        if ctx.is_main:
-            write_safetensors_atomic(sd, tmp / f"{key}.safetensors", {"module": key})
-    for key, opt in optimizers.items():
-        osd = get_optimizer_state_dict(modules[key], opt, options=_GATHER)
-        if ctx.is_main:
-            tensors, meta = flatten_optimizer_state(osd)
-            write_safetensors_atomic(tensors, tmp / f"optim_{key}.safetensors", meta)
+    if sharded:
+        _save_sharded(tmp, modules, optimizers)
+    else:
+        _save_full(tmp, ctx, modules, optimizers)
     if ema is not None:
         shadow = ema.state_dict()
         if ctx.is_main:
@@ -210,6 +210,7 @@ def save_checkpoint(folder: str | Path, step: int, *, ctx: DistContext, modules:
     if ctx.is_main:
         _write_json_atomic(tmp / TRAINER_FILE, {"step": step, "data": data_state, "world_size": ctx.world_size,
                                                 "modules": sorted(modules), "ema": ema is not None,
+                                                "format": "sharded" if sharded else "full",
                                                 **(extra or {})})
         fsync_dir(tmp)  # every file and its name are on disk before the folder is renamed into place
         if final.exists():  # an incomplete or damaged folder (a crash during an earlier save)
@@ -220,6 +221,44 @@ def save_checkpoint(folder: str | Path, step: int, *, ctx: DistContext, modules:
             _prune(folder, keep, final)
     ctx.barrier()
     return final
+
+
+def _save_full(tmp: Path, ctx: DistContext, modules: dict[str, nn.Module],
+               optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    """Gathers are collective: all ranks run them, rank 0 writes."""
+    for key, module in modules.items():
+        sd = get_model_state_dict(module, options=_GATHER)
+        if ctx.is_main:
+            write_safetensors_atomic(sd, tmp / f"{key}.safetensors", {"module": key})
+    for key, opt in optimizers.items():
+        osd = get_optimizer_state_dict(modules[key], opt, options=_GATHER)
+        if ctx.is_main:
+            tensors, meta = flatten_optimizer_state(osd)
+            write_safetensors_atomic(tensors, tmp / f"optim_{key}.safetensors", meta)
+
+
+def _sharded_state(module: nn.Module, opt: torch.optim.Optimizer | None) -> dict:
+    state = {"model": get_model_state_dict(module)}
+    if opt is not None:
+        state["optim"] = get_optimizer_state_dict(module, opt)
+    return state
+
+
+def _save_sharded(tmp: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    """`<module>.dcp/`: the module's and its optimizer's sharded state; every rank writes its shards."""
+    import torch.distributed.checkpoint as dcp
+    for key, module in modules.items():
+        dcp.save(_sharded_state(module, optimizers.get(key)), checkpoint_id=tmp / f"{key}.dcp")
+
+
+def _load_sharded(path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    import torch.distributed.checkpoint as dcp
+    for key, module in modules.items():
+        state = _sharded_state(module, optimizers.get(key))
+        dcp.load(state, checkpoint_id=path / f"{key}.dcp")
+        set_model_state_dict(module, state["model"])
+        if "optim" in state:
+            set_optimizer_state_dict(module, optimizers[key], state["optim"])
 
 
 def _point_latest(folder: Path, name: str) -> None:
@@ -249,15 +288,22 @@ def load_checkpoint(path: str | Path, *, ctx: DistContext, modules: dict[str, nn
     missing = sorted(set(modules) - set(info["modules"]))
     if missing:
         raise ResumeError(f"{path} has no state for module(s) {missing} (saved: {info['modules']})")
+    if info.get("format") == "sharded":
+        _load_sharded(path, modules, optimizers)
+    else:
+        _load_full(path, modules, optimizers)
+    tensors, meta = read_tensors(path / f"rng_rank{ctx.rank}.safetensors")
+    restore_rng(tensors, meta, *rng)
+    return info
+
+
+def _load_full(path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> None:
     for key, module in modules.items():
         sd, _ = read_tensors(path / f"{key}.safetensors")
         set_model_state_dict(module, sd, options=_SCATTER)
     for key, opt in optimizers.items():
         tensors, meta = read_tensors(path / f"optim_{key}.safetensors")
         set_optimizer_state_dict(modules[key], opt, unflatten_optimizer_state(tensors, meta), options=_SCATTER)
-    tensors, meta = read_tensors(path / f"rng_rank{ctx.rank}.safetensors")
-    restore_rng(tensors, meta, *rng)
-    return info
 
 
 def load_ema_state(path: str | Path) -> dict[str, torch.Tensor] | None:

@@ -40,6 +40,8 @@ class RunSection:
     keep_checkpoints: int = 3            # 0 keeps all
     resume: str = "auto"                 # auto (latest in output_dir) | never | <checkpoint folder>
     export_name: str = "generator.safetensors"
+    checkpoint_format: str = "full"      # full: rank 0 writes gathered safetensors | sharded: each rank
+                                         # writes its shards (torch.distributed.checkpoint), nothing gathered
 
 
 @dataclass
@@ -408,7 +410,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
 
 
 CHOICES = {"distributed.strategy": ("auto", "fsdp", "ddp", "none"), "distributed.backend": ("auto", "nccl", "gloo"),
-           "distributed.device": ("auto", "cpu", "cuda"), "model.dtype": ("float32", "bfloat16", "float16")}
+           "distributed.device": ("auto", "cpu", "cuda"), "model.dtype": ("float32", "bfloat16", "float16"),
+           "run.checkpoint_format": ("full", "sharded")}
 
 
 def _check_choices(cfg: TrainConfig) -> None:

@@ -203,7 +203,8 @@ class Trainer:
         return save_checkpoint(self.ckpt_dir, self.step, ctx=self.ctx, modules=self.modules,
                                optimizers=self.optimizers, ema=self.ema, data_state=self.data.state_dict(),
                                rng=(self.shared_rng, self.local_rng), keep=self.cfg.run.keep_checkpoints,
-                               extra={"objective": self.cfg.objective.name})
+                               extra={"objective": self.cfg.objective.name},
+                               sharded=self.cfg.run.checkpoint_format == "sharded")
 
     def export(self, path: str | Path | None = None) -> Path | None:
         """Collective. Rank 0 writes the generator (EMA if present, LoRA merged) as our safetensors."""
