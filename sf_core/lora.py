@@ -2,8 +2,10 @@
 
 Several LoRAs add up: W' = W + Σ_i s_i·scale_i·B_i·A_i (computed in float32, cast to the weight's dtype).
 A strength of 0 leaves a layer untouched (bit-identical). Files are read by `sf_core.weights.lora.read_lora`.
-Unmerged, each layer's output gets Σ_i s_i·scale_i·(x·A_iᵀ)·B_iᵀ through a forward hook; when a LoRA touches the
-cross-attention K/V, a strength change invalidates the stream's cached context K/V (`set_strengths(.., state)`).
+Unmerged, each layer's output gets Σ_i s_i·scale_i·(x·A_iᵀ)·B_iᵀ through a forward hook; the strengths live in one
+device tensor updated in place, so compiled code and captured CUDA graphs see a change without recompiling or
+re-capturing. When a LoRA touches the cross-attention K/V, a strength change invalidates the stream's cached
+context K/V (`set_strengths(.., state)`).
 """
 from __future__ import annotations
 
@@ -56,20 +58,21 @@ class UnmergedLoRA:
             raise ValueError(f"{len(loras)} LoRAs but {len(strengths)} strengths")
         self.strengths = [float(s) for s in strengths]
         self.names = sorted({name for layers in loras for name in layers})
+        p = next(module.parameters())
+        self._values = torch.tensor(self.strengths, dtype=p.dtype, device=p.device)   # [n] read by every hook
         self._handles = []
         for name in self.names:
             linear = module.get_submodule(name)
-            p = linear.weight
-            entries = [(i, layers[name].down.to(p.device, p.dtype), layers[name].up.to(p.device, p.dtype),
-                        layers[name].scale) for i, layers in enumerate(loras) if name in layers]
+            w = linear.weight
+            entries = [(i, layers[name].down.to(w.device, w.dtype), (layers[name].up * layers[name].scale).to(
+                w.device, w.dtype)) for i, layers in enumerate(loras) if name in layers]
             self._handles.append(linear.register_forward_hook(self._hook(entries)))
 
     def _hook(self, entries):
         def add(module, inputs, out):
             x = inputs[0]
-            for i, down, up, scale in entries:
-                if self.strengths[i] != 0:
-                    out = out + (x @ down.t() @ up.t()) * (self.strengths[i] * scale)
+            for i, down, up in entries:
+                out = out + (x @ down.t() @ up.t()) * self._values[i]
             return out
         return add
 
@@ -86,6 +89,7 @@ class UnmergedLoRA:
         if strengths != self.strengths and state is not None and self.touches_context_kv:
             state.cache.cross_ready = False
         self.strengths = strengths
+        self._values.copy_(torch.tensor(strengths, dtype=self._values.dtype))
 
     def remove(self) -> None:
         for handle in self._handles:

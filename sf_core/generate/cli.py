@@ -171,6 +171,7 @@ class Plan:
     first_frame: int = 0                      # frames the resumed stream wrote before this run
     v2v: inputs.V2VInput | None = None        # --input-video
     loras: list[tuple[Path, float]] = field(default_factory=list)   # --lora FILE:STRENGTH, merged
+    lora_switches: dict[int, dict[int, float]] = field(default_factory=dict)  # --lora-at: chunk -> {lora: s}
     speed: SpeedSettings = field(default_factory=SpeedSettings)       # --speed and the speed switches
 
     def outputs(self) -> RunOutputs:
@@ -186,7 +187,7 @@ class Plan:
             ("decoder", f"{self.files.decoder_kind}: {self.files.decoder or 'built in'}"),
             ("prompt", quote(self.prompt)),
             *((f"prompt at chunk {k}", quote(p) + (" (recache)" if r else "")) for k, (p, r) in sorted(self.switches.items())),
-            *inputs.describe(self.v2v, self.loras),
+            *inputs.describe(self.v2v, self.loras, self.lora_switches),
             ("size", f"{self.width}x{self.height}"),
             ("length", "until stopped (Ctrl-C)" if self.chunks is None else
              f"{self.chunks} chunks" + (f", trimmed to {self.frame_limit} frames" if self.frame_limit else "")),
@@ -376,6 +377,7 @@ def resolve(args) -> Plan:
                 args.png_dir, args.save_state, args.resume_state, notes)
     plan.overwrite = args.overwrite
     plan.v2v, plan.loras = v2v, loras
+    plan.lora_switches = inputs.resolve_lora_switches(args, loras, fps, counts)
     try:
         plan.speed = speed_from_args(args, device, dtype)
     except SpeedError as exc:
@@ -484,7 +486,7 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
     decoder_dtype = plan.dtype if plan.device.startswith("cuda") else torch.float32
     bundle = load_bundle(plan.files, plan.device, plan.dtype, decoder_dtype, plan.stream)
     model, decoder = bundle.model, bundle.decoder
-    inputs.apply_loras(bundle, plan.loras)
+    lora_hooks, scheduled = inputs.apply_loras(bundle, plan.loras, plan.lora_switches)
     prompts = [plan.prompt] + [p for p, _ in plan.switches.values()]
     contexts = _encode(bundle, prompts, model.config.text_dim, plan.files)
     bundle.encode = None  # the text encoder is no longer needed: free it
@@ -514,6 +516,7 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
             started = time.perf_counter()
             chunks = (inputs.v2v_chunks(plan.v2v, pipe, state, decoder, plan.height, plan.width, switches)
                       if plan.v2v else pipe.stream(state, plan.chunks, switches, commit_last=not skip_last))
+            chunks = inputs.with_lora_switches(chunks, lora_hooks, scheduled, plan.loras, plan.lora_switches, state)
             # with overlap the DiT runs ahead in a thread; a stop request still yields every chunk already made
             overlap = plan.speed.overlap_decode and not plan.v2v  # V2V encodes its input in the loop: sequential
             for chunk, frames in decode_stream(chunks, decoder, pipe.device, overlap, stop=lambda: stop.requested):

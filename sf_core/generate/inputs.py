@@ -38,6 +38,10 @@ def add_arguments(parser) -> None:
     g.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                    help="apply a Wan2.1 LoRA (kohya / ComfyUI, diffusers / PEFT, or sf_core.train export --lora) "
                         "merged at STRENGTH (default 1.0). Repeatable")
+    g.add_argument("--lora-at", nargs=2, action="append", default=[], metavar=("WHEN", "FILE:STRENGTH"),
+                   help="from WHEN on ('5s' or 'c4', as --prompt-at) FILE runs at STRENGTH; such LoRAs are applied "
+                        "unmerged (strength changeable per chunk; starting at their --lora strength, else 0). "
+                        "Repeatable")
 
 
 def parse_lora(spec: str) -> tuple[Path, float]:
@@ -56,7 +60,27 @@ def parse_lora(spec: str) -> tuple[Path, float]:
 
 
 def resolve_loras(args) -> list[tuple[Path, float]]:
-    return [parse_lora(spec) for spec in args.lora]
+    """--lora files with their strengths, then (strength 0) the --lora-at files not given with --lora."""
+    loras = [parse_lora(spec) for spec in args.lora]
+    for _, spec in args.lora_at:
+        path = parse_lora(spec)[0]
+        if path not in [p for p, _ in loras]:
+            loras.append((path, 0.0))
+    return loras
+
+
+def resolve_lora_switches(args, loras: list[tuple[Path, float]], fps: float,
+                          counts: tuple[int, int]) -> dict[int, dict[int, float]]:
+    """{chunk of this run: {index into `loras`: new strength}} from --lora-at (empty: every LoRA merged)."""
+    from sf_core.generate.cli import parse_when
+    from sf_core.media.timing import chunk_at_time
+    switches: dict[int, dict[int, float]] = {}
+    for when, spec in args.lora_at:
+        unit, value = parse_when(when)
+        chunk = int(value) if unit == "c" else chunk_at_time(value, fps, *counts)
+        path, strength = parse_lora(spec)
+        switches.setdefault(chunk, {})[[p for p, _ in loras].index(path)] = strength
+    return switches
 
 
 def probe_input(args) -> VideoSource | None:
@@ -99,8 +123,11 @@ def v2v_length(args, source: VideoSource, chunks: int, frame_limit: int | None,
     return V2VInput(source, strength, frames), chunks_for_frames(frames, *counts), frames
 
 
-def describe(v2v: V2VInput | None, loras: list[tuple[Path, float]]) -> list[tuple[str, object]]:
+def describe(v2v: V2VInput | None, loras: list[tuple[Path, float]],
+             switches: dict[int, dict[int, float]]) -> list[tuple[str, object]]:
     rows = [(f"lora {i}", f"{p} at {s}") for i, (p, s) in enumerate(loras)]
+    rows += [(f"lora at chunk {k}", ", ".join(f"lora {i} → {s}" for i, s in sorted(change.items())))
+             for k, change in sorted(switches.items())]
     if v2v is not None:
         s = v2v.source
         rows.insert(0, ("input video", f"{s.path} ({s.width}x{s.height}, {s.frames} frames at {s.fps:g} fps; "
@@ -108,22 +135,47 @@ def describe(v2v: V2VInput | None, loras: list[tuple[Path, float]]) -> list[tupl
     return rows
 
 
-def apply_loras(bundle, loras: list[tuple[Path, float]]) -> None:
-    """Merge every LoRA into the bundle's DiT (and umT5 when the file has text-encoder layers), reporting each."""
-    if not loras:
-        return
-    from sf_core.lora import merge
+def apply_loras(bundle, loras: list[tuple[Path, float]], switches: dict[int, dict[int, float]]):
+    """Merge every LoRA into the bundle's DiT (and umT5 when the file has text-encoder layers), reporting each;
+    the ones --lora-at changes are hooked in unmerged instead: returns their `UnmergedLoRA` (or None) and
+    their indices into `loras`."""
+    from sf_core.lora import UnmergedLoRA, merge
     from sf_core.weights.lora import read_lora
     text_model = getattr(getattr(bundle.encode, "__self__", None), "model", None)   # a TextEncoder's umT5
-    for path, strength in loras:
+    scheduled = sorted({i for change in switches.values() for i in change})
+    unmerged = []
+    for i, (path, strength) in enumerate(loras):
         try:
             lora = read_lora(path, bundle.model, text_model)
         except (ValueError, OSError) as exc:  # LoRAError / WeightsError name the file and the problem
             raise UsageError(f"--lora {exc}") from None
-        merge(bundle.model, [(lora.layers, strength)], keep=False)
-        if lora.text_layers:
+        if lora.text_layers:  # the prompts are encoded once: the text part is always merged
             merge(text_model, [(lora.text_layers, strength)], keep=False)
+        if i in scheduled:
+            unmerged.append(lora.layers)
+            print(f"note: {lora.report()}, unmerged, starting at strength {strength}", file=sys.stderr)
+            continue
+        merge(bundle.model, [(lora.layers, strength)], keep=False)
         print(f"note: {lora.report()}, merged at strength {strength}", file=sys.stderr)
+    hooks = UnmergedLoRA(bundle.model, unmerged, [loras[i][1] for i in scheduled]) if unmerged else None
+    return hooks, scheduled
+
+
+def with_lora_switches(chunks: Iterator[Chunk], hooks, scheduled: list[int], loras: list[tuple[Path, float]],
+                       switches: dict[int, dict[int, float]], state: StreamState) -> Iterator[Chunk]:
+    """`chunks` with the unmerged LoRAs' strengths set before each chunk is made (switch chunks count from
+    the chunk the run starts at)."""
+    if hooks is None:
+        yield from chunks
+        return
+    base, strengths, chunks = state.chunk_index, {i: loras[i][1] for i in scheduled}, iter(chunks)
+    while True:
+        strengths.update(switches.get(state.chunk_index - base, {}))
+        hooks.set_strengths([strengths[i] for i in scheduled], state)
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield chunk
 
 
 def check_stream_loras(state: StreamState, loras: list[tuple[Path, float]], resumed: Path | None) -> None:

@@ -164,3 +164,16 @@ def test_tiny_decoder_runs_v2v_with_its_own_encoder_and_a_decoder_only_file_is_r
     capsys.readouterr()
     assert generate.main([*tiny, "--taehv", str(tmp_path / "dec_only.safetensors"), "--out", str(tmp_path / "d.mp4")]) == 2
     assert "--input-video: this TAEHV file has no encoder weights" in _error(capsys)
+
+
+def test_lora_at_changes_an_unmerged_strength_from_that_chunk_on(files, tmp_path, capsys):
+    common = [*_args(files), *SIZE, "--chunks", "2"]
+    assert generate.main([*common, "--out", str(tmp_path / "plain.mp4")]) == 0
+    assert generate.main([*common, "--lora", f"{files['lora']}:1", "--out", str(tmp_path / "always.mp4")]) == 0
+    assert generate.main([*common, "--lora-at", "c1", f"{files['lora']}:1", "--out", str(tmp_path / "late.mp4")]) == 0
+    assert "unmerged, starting at strength 0.0" in capsys.readouterr().err
+    plain, always, late = (read_video(tmp_path / f"{n}.mp4")[0] for n in ("plain", "always", "late"))
+    assert np.array_equal(late[:9], plain[:9])            # chunk 0: strength 0, bit for bit
+    assert not np.array_equal(late[9:], plain[9:]) and not np.array_equal(late[9:], always[9:])
+    assert generate.main([*common, "--lora-at", "c1", f"{files['lora']}:1", "--dry-run"]) == 0
+    assert "lora at chunk 1: lora 0 → 1.0" in capsys.readouterr().out
