@@ -219,3 +219,19 @@ def test_stream_under_inference_mode_equals_no_grad(tiny_model):
         state = pipe.start(context, 32, 32, seed=5)
         got = [pipe.step(state).latents for _ in range(3)]
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_forks_of_a_global_stream_continue_in_place_and_exactly(tiny_model):
+    """A fork shares the KV cache copy-on-write: the first continuation appends in place, a second branch
+    and the original copy on their first write, and every branch equals one uninterrupted stream."""
+    pipe = StreamingPipeline(tiny_model, StreamConfig(chunk_frames=2))
+    state = pipe.start(_ctx(), H, W, seed=1, max_frames=10)
+    prefix = _run(pipe, state, 2)
+    first, second = state.fork(), state.fork()
+    buffer = state.cache.k.data_ptr()
+    a = _run(pipe, first, 3)
+    assert first.cache.k.data_ptr() == buffer  # no copy: appended after everything the others can read
+    b, c = _run(pipe, second, 3), _run(pipe, state, 3)
+    assert second.cache.k.data_ptr() != buffer and state.cache.k.data_ptr() != buffer
+    full = _run(pipe, pipe.start(_ctx(), H, W, seed=1, max_frames=10), 5)
+    assert all(torch.equal(torch.cat([prefix, x], 1), full) for x in (a, b, c))
