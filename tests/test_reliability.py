@@ -265,6 +265,27 @@ def test_a_second_run_on_the_same_out_is_refused_and_sigterm_keeps_every_frame(t
     assert read_header(state)["info"]["frames_written"] == written  # the placeholder became the state
 
 
+def test_sigterm_while_loading_leaves_no_empty_outputs(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "sf_core.generate", "--chunks", "1", "--out", "v.mp4",
+                             "--save-state", "s.safetensors"], cwd=tmp_path, env=_env(tmp_path),
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if line.startswith("model:"):  # printed just before the outputs are claimed and the model loads
+                proc.send_signal(signal.SIGTERM)
+                break
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    left = sorted(p for p in os.listdir(tmp_path) if p != "c")
+    if proc.returncode == 130:  # stopped outside the chunk loop: nothing claimed is left behind empty
+        assert "error: interrupted outside a chunk" in stderr and "s.safetensors" not in left
+        assert left == [] or "wrote 3 frames" in stdout and read_video(tmp_path / "v.mp4")[0].shape[0] == 3
+    else:  # the signal arrived during chunk 0 or the state's write: both finished
+        assert proc.returncode == 0 and left == ["s.safetensors", "v.mp4"], stderr
+        assert read_video(tmp_path / "v.mp4")[0].shape[0] == 3
+
+
 def test_exclusive_claims_leave_no_trace_when_nothing_was_written(tmp_path):
     claim = claim_file("--out", tmp_path / "x.mp4", overwrite=False)
     with pytest.raises(RuntimeError, match="already exists"):

@@ -2,11 +2,12 @@
 
 Flow: resolve options into a `Plan` (no model loaded; `--dry-run` prints it) → load the bundle → encode
 every prompt once → stream chunks through the DiT, decode each, append it to the mp4 at once.
-Ctrl-C finishes the chunk in progress and closes the file; a second Ctrl-C stops at once.
+Ctrl-C or SIGTERM finishes the chunk in progress and closes the file; a second one stops at once.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
 import signal
@@ -545,7 +546,8 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
             state.extras = {"vae." + k: v for k, v in decoder.state_dict().items()}
             state.info["frames_written"] = state.info.get("frames_written", 0) + recorder.frames_written
             try:
-                state.save(plan.save_state)
+                with GracefulStop():  # a first signal now is ignored: the stream is done, its state is written
+                    state.save(plan.save_state)
             except (OSError, SafetensorError) as exc:
                 print(f"error: --save-state {plan.save_state}: cannot write it ({reason(exc)}); the stream state "
                       f"is lost, the video {plan.out} is complete", file=sys.stderr)
@@ -593,22 +595,43 @@ def _resume(plan: Plan, pipe: StreamingPipeline, decoder, contexts) -> StreamSta
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with _terminate_as_interrupt():  # SIGTERM before the chunk loop: like Ctrl-C (claimed outputs are removed)
+        try:
+            return _main(args)
+        except (FileProblem, UsageError, RuntimeError, MemoryPlanError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted outside a chunk; frames reported as written are in the video, nothing "
+                  "else was saved", file=sys.stderr)
+            return 130
+
+
+def _main(args) -> int:
+    checks.numbers(args)
+    plan = resolve(args)
+    if args.dry_run:
+        print(plan.describe())
+        return 0
+    if plan.files.description:
+        print(f"model: {plan.files.description}", file=sys.stderr)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.plan:
+        print(memory_plan.describe(plan))
+        return 0
+    memory_plan.check(plan)  # before anything is loaded
+    return run(plan)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (like Ctrl-C) until GracefulStop takes over for the chunk loop."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        checks.numbers(args)
-        plan = resolve(args)
-        if args.dry_run:
-            print(plan.describe())
-            return 0
-        if plan.files.description:
-            print(f"model: {plan.files.description}", file=sys.stderr)
-        for note in plan.notes:
-            print(f"note: {note}", file=sys.stderr)
-        if args.plan:
-            print(memory_plan.describe(plan))
-            return 0
-        memory_plan.check(plan)  # before anything is loaded
-        return run(plan)
-    except (FileProblem, UsageError, RuntimeError, MemoryPlanError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 

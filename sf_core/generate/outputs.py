@@ -57,10 +57,10 @@ class RunOutputs:
             if self.save_state is not None:  # an empty placeholder until the state replaces it at the end
                 self._claims.append(outputs.claim_file(
                     "--save-state", self.save_state, self.overwrite or _same_file(self.save_state, self.resume_state)))
+            return VideoRecorder(self.out, fps, self.png_dir, first_index=self.first_index)
         except BaseException:
             self.release(None)
             raise
-        return VideoRecorder(self.out, fps, self.png_dir, first_index=self.first_index)
 
     def release(self, recorder: VideoRecorder | None) -> None:
         """Close the video (errors propagate after the claims are released)."""
