@@ -57,7 +57,7 @@ class SFLoRA:
         if strength == 0 or not lora.layers:
             return sf_model, report
         patcher = sf_model.patcher.clone()
-        patcher.weight_inplace_update = True  # patch into the existing tensors: accelerated twins share them
+        patcher.weight_inplace_update = True  # patch the existing tensors: pipelines and graphs keep them
         sd, key_map = comfy_patches(lora.layers)
         patcher.add_patches(comfy.lora.load_lora(sd, key_map, log_missing=False), strength)
         return dataclasses.replace(sf_model, patcher=patcher, name=f"{sf_model.name} + {lora_name}"), report
