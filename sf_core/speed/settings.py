@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn as nn
 
-from sf_core.attention import BACKENDS, _cudnn_attention_available, flash_available
+from sf_core.attention import BACKENDS, _cudnn_attention_available, flash_available, resolve_backend
 from sf_core.model import ROPE_MODES
 
 LEVELS = ("off", "safe", "max")
@@ -88,7 +88,7 @@ def resolve_speed(level: str, device, dtype: torch.dtype, overrides: dict | None
     unknown = set(given) - {f for f in SpeedSettings.__dataclass_fields__ if f not in ("level", "notes")}
     if unknown:
         raise SpeedError(f"unknown speed switch(es) {sorted(unknown)}")
-    _check(given, caps)
+    _check(given, caps, dtype)
     notes = [n for n in notes if n.split(":")[0].replace(" ", "_") not in given]
     return replace(chosen, **given, notes=tuple(notes))
 
@@ -114,14 +114,18 @@ def _level(level: str, caps: Capabilities) -> tuple[SpeedSettings, list[str]]:
     return SpeedSettings("max", **safe, **fast), notes
 
 
-def _check(given: dict, caps: Capabilities) -> None:
+def _check(given: dict, caps: Capabilities, dtype: torch.dtype) -> None:
     if given.get("cuda_graphs") and not caps.cuda:
         raise SpeedError("cuda graphs need a CUDA device; drop --cuda-graphs or run with --device cuda")
     if given.get("fp8") and not caps.fp8_matmul and caps.cuda:
         raise SpeedError("fp8 linears need fp8 tensor cores (CUDA compute capability 8.9+, e.g. L4, H100); "
                          "drop --fp8")
-    if given.get("attention") not in (None, *BACKENDS):
-        raise SpeedError(f"attention {given['attention']!r}: expected one of {', '.join(BACKENDS)}")
+    if given.get("attention") is not None:
+        try:
+            resolve_backend(given["attention"], "cuda" if caps.cuda else "cpu", dtype, has_flash=caps.flash,
+                            has_cudnn=caps.cudnn_attention)
+        except ValueError as exc:
+            raise SpeedError(f"--attention {given['attention']}: {exc}") from None
     if given.get("rope") not in (None, *ROPE_MODES):
         raise SpeedError(f"rope {given['rope']!r}: expected one of {', '.join(ROPE_MODES)}")
 

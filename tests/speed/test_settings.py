@@ -45,6 +45,9 @@ def test_explicit_switches_win_and_impossible_ones_are_refused():
         _resolve("off", A100_FLASH, fp8=True)
     with pytest.raises(SpeedError, match="expected one of"):
         _resolve("fastest", CPU)
+    with pytest.raises(SpeedError, match="--attention cudnn: .*use 'sdpa'"):
+        _resolve("safe", CPU, attention="cudnn")  # before any model loads, not at the first forward
+    assert _resolve("safe", H100, attention="cudnn").attention == "cudnn"
     assert "identical" in _resolve("safe", CPU).describe()
 
 
