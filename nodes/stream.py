@@ -54,6 +54,17 @@ def stream_config_for(base, chunk_frames, steps, cache_window, cache_sink):
     return config
 
 
+def setting_inputs() -> dict:
+    """The chunk size, steps and KV-cache menus of the nodes that start a stream (sampler, video to video)."""
+    return {"chunk_frames": CHUNK_FRAMES.widget(), "steps": STEPS.widget(), "cache_window": CACHE_WINDOW.widget(),
+            "cache_sink": CACHE_SINK.widget()}
+
+
+def setting_problems(chunk_frames, steps, cache_window, cache_sink) -> tuple:
+    return tuple(choice_problem(c, v) for c, v in ((CHUNK_FRAMES, chunk_frames), (STEPS, steps),
+                                                    (CACHE_WINDOW, cache_window), (CACHE_SINK, cache_sink)))
+
+
 def _output_inputs():
     """Optional (graphs saved before them keep working): what the LATENT / IMAGE outputs carry."""
     return {
@@ -117,10 +128,7 @@ class SFStreamSampler(_LiveStream):
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 63 - 1}),
                 "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": MAX_FPS, "step": 1.0,
                                   "tooltip": "Playback rate of the preview and the recording (Wan2.1: 16)."}),
-                "chunk_frames": CHUNK_FRAMES.widget(),
-                "steps": STEPS.widget(),
-                "cache_window": CACHE_WINDOW.widget(),
-                "cache_sink": CACHE_SINK.widget(),
+                **setting_inputs(),
                 **_record_inputs(),
             },
             "optional": {
@@ -139,9 +147,7 @@ class SFStreamSampler(_LiveStream):
                              legacy_combo_problem("outputs", outputs, KEEP_CHOICES),
                              legacy_combo_problem("speed", speed, list(LEVELS)),
                              range_problem("length", length, 0.0, MAX_LENGTH), length_problem(length, length_unit, fps),
-                             *(choice_problem(c, v) for c, v in ((CHUNK_FRAMES, chunk_frames), (STEPS, steps),
-                                                                  (CACHE_WINDOW, cache_window),
-                                                                  (CACHE_SINK, cache_sink))))
+                             *setting_problems(chunk_frames, steps, cache_window, cache_sink))
 
     def sample(self, sf_model, sf_context, sf_vae, width, height, length, length_unit, seed, fps, chunk_frames,
                steps, cache_window, cache_sink, record, filename_prefix, live_recache, schedule=None, start=None,

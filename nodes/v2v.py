@@ -14,12 +14,13 @@ from sf_core.pipeline import StreamingPipeline
 from sf_core.v2v import VideoToVideo, check_strength
 from sf_core.vae.encoders import encoder_for
 
-from .choices import CACHE_SINK, CACHE_WINDOW, CHUNK_FRAMES, STEPS
 from .handles import CONTEXT_TYPE, SCHEDULE_TYPE, SFStream
 from .native import MODEL_INPUT, VAE_INPUT, as_sf_model, as_sf_vae
 from .run import KEEP_CHOICES, KEEP_FRAMES, Keep, StreamRun, make_room
-from .stream import MAX_FPS, _LiveStream, _output_inputs, _record_inputs, resolve_schedule, stream_config_for
-from .validation import choice_problem, first_problem, range_problem
+from .speed import DEFAULT as DEFAULT_SPEED, speed_input, stream_forward
+from .stream import (MAX_FPS, _LiveStream, _output_inputs, _record_inputs, resolve_schedule, setting_inputs,
+                     setting_problems, stream_config_for)
+from .validation import first_problem, range_problem
 
 
 class V2VRun(StreamRun):
@@ -65,15 +66,13 @@ class SFVideoToVideo(_LiveStream):
                                                   "2 steps, 0.7 one, below 0.625 none (reconstruction)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 63 - 1}),
                 "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": MAX_FPS, "step": 1.0}),
-                "chunk_frames": CHUNK_FRAMES.widget(),
-                "steps": STEPS.widget(),
-                "cache_window": CACHE_WINDOW.widget(),
-                "cache_sink": CACHE_SINK.widget(),
+                **setting_inputs(),
                 **_record_inputs(),
             },
             "optional": {
                 "schedule": (SCHEDULE_TYPE, {"tooltip": "Prompt switches from 'SF Prompt Schedule'."}),
                 **_output_inputs(),
+                **speed_input(),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -82,13 +81,11 @@ class SFVideoToVideo(_LiveStream):
     def VALIDATE_INPUTS(cls, strength=None, fps=None, chunk_frames=None, steps=None, cache_window=None,
                         cache_sink=None):
         return first_problem(range_problem("strength", strength, 0.0, 1.0), range_problem("fps", fps, 1.0, MAX_FPS),
-                             *(choice_problem(c, v) for c, v in ((CHUNK_FRAMES, chunk_frames), (STEPS, steps),
-                                                                  (CACHE_WINDOW, cache_window),
-                                                                  (CACHE_SINK, cache_sink))))
+                             *setting_problems(chunk_frames, steps, cache_window, cache_sink))
 
     def restyle(self, sf_model, sf_context, sf_vae, images, strength, seed, fps, chunk_frames, steps, cache_window,
                 cache_sink, record, filename_prefix, live_recache, schedule=None, outputs=KEEP_CHOICES[0],
-                output_frames=KEEP_FRAMES, unique_id=None):
+                output_frames=KEEP_FRAMES, speed=DEFAULT_SPEED, unique_id=None):
         sf_model, sf_vae = as_sf_model(sf_model), as_sf_vae(sf_vae)
         check_strength(strength)
         config = stream_config_for(sf_model.stream_config, chunk_frames, steps, cache_window, cache_sink)
@@ -98,14 +95,16 @@ class SFVideoToVideo(_LiveStream):
             raise ValueError(f"the input has {images.shape[0]} frame(s); video-to-video needs at least {counts[0]} "
                              f"(one chunk of {config.chunk_frames} latent frames)")
         height, width = images.shape[1:3]
-        pipeline = StreamingPipeline(sf_model.model, config, sf_model.device, sf_model.dtype, sf_vae.spatial_stride)
+        speed = speed or DEFAULT_SPEED
+        pipeline = StreamingPipeline(stream_forward(sf_model, speed), config, sf_model.device, sf_model.dtype,
+                                     sf_vae.spatial_stride)
         batch = sf_context.embedding.shape[0]
         num_chunks = chunks_for_frames(images.shape[0], *counts)
         frames = num_chunks * config.chunk_frames
         room = make_room(sf_model, sf_vae, config, pipeline.latent_size(height, width),
                          frames if config.window == -1 else config.window, batch)
         state = pipeline.start(sf_context.embedding, height, width, seed=seed, max_frames=frames)
-        stream = SFStream(state, sf_model, sf_vae, sf_context, config, fps)
+        stream = SFStream(state, sf_model, sf_vae, sf_context, config, fps, info={"speed": speed})
         video = (images[..., :3].movedim(-1, 1) * 2 - 1).unsqueeze(0).expand(batch, -1, -1, -1, -1)  # [B, T, 3, H, W]
         switches = resolve_schedule(schedule, sf_context.embedding, fps, config, counts, first_chunk=0)
         return V2VRun(stream, video, strength, unique_id, record, filename_prefix, switches, live_recache,
