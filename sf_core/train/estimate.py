@@ -9,7 +9,8 @@ state (both from the local shard shapes), the umT5 weights when a text encoder i
 
 Keys (bytes): per_rank_peak, parameters (sharded shards + EMA shadow + gathered bf16 copies at the peak),
 gradients (sharded, at the peak), optimizer, activations (everything else traced: saved activations,
-recomputation, temporaries), rollout_cache (the rollout's KV and cross caches at the peak), text_encoder.
+recomputation, temporaries), rollout_cache (the rollout's KV and cross caches at the peak), text_encoder;
+generator_update_peak / critic_update_peak (per_rank_peak is the larger) and peak_phase.
 """
 from __future__ import annotations
 
@@ -208,8 +209,9 @@ def estimate_training(cfg, world_size: int) -> dict[str, int]:
     out["parameters"] += resident["parameters"]
     out["optimizer"] = resident["optimizer"]
     out["text_encoder"] = _text_encoder_bytes(cfg)
-    out["per_rank_peak"] = traced + resident["parameters"] + resident["optimizer"] + out["text_encoder"]
-    out["peak_phase"] = phase
+    base = resident["parameters"] + resident["optimizer"] + out["text_encoder"]
+    out["per_rank_peak"] = traced + base
+    out.update({f"{name}_update_peak": p["traced"] + base for name, p in peaks.items()}, peak_phase=phase)
     return out
 
 

@@ -34,6 +34,7 @@ def test_the_breakdown_adds_up_to_the_peak(one_rank):
     assert all(isinstance(one_rank[k], int) for k in KEYS)
     assert one_rank["per_rank_peak"] == sum(one_rank[k] for k in KEYS[1:])
     assert one_rank["activations"] > 0 and one_rank["peak_phase"] in ("generator", "critic")
+    assert one_rank["per_rank_peak"] == max(one_rank["generator_update_peak"], one_rank["critic_update_peak"])
 
 
 def test_adamw_state_is_two_float32_moments_of_each_trainable(one_rank):
