@@ -227,7 +227,7 @@ def test_wrong_model_type_gives_a_readable_error(comfy, models):
     graph["1"]["inputs"]["model_name"] = "vae_by_mistake.safetensors"
     _, messages = run(comfy, graph)
     message = error_message(messages)
-    assert "vae_by_mistake.safetensors" in message and "Wan 2.1 VAE" in message and "models/vae" in message
+    assert "vae_by_mistake.safetensors" in message and "Wan2.1 VAE" in message and "models/vae" in message
 
 
 def test_odd_size_is_rejected_when_queued(comfy, models):
