@@ -4,6 +4,7 @@ Only one batch is ever in memory, so a 10-minute 832×480 input costs a few fram
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -18,22 +19,28 @@ class VideoSourceError(ValueError):
     """An input video cannot be read."""
 
 
+def _open(path: str | io.BytesIO):
+    if isinstance(path, io.BytesIO):
+        path.seek(0)
+    return av.open(path)
+
+
 @dataclass(frozen=True)
 class VideoSource:
-    path: str
+    path: str | io.BytesIO      # a file, or a file's bytes (ComfyUI's VIDEO from an upload)
     width: int
     height: int
     fps: float
     frames: int
 
     @classmethod
-    def probe(cls, path: str | os.PathLike) -> "VideoSource":
+    def probe(cls, path: str | os.PathLike | io.BytesIO) -> "VideoSource":
         """Open the file and decode its first frame; one-line error if that fails."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
+        path = path if isinstance(path, io.BytesIO) else os.fspath(path)
+        if not isinstance(path, io.BytesIO) and not os.path.isfile(path):
             raise VideoSourceError(f"{path}: no such file")
         try:
-            with av.open(path) as container:
+            with _open(path) as container:
                 if not container.streams.video:
                     raise VideoSourceError(f"{path}: has no video stream")
                 stream = container.streams.video[0]
@@ -47,7 +54,7 @@ class VideoSource:
         except Exception as exc:  # noqa: BLE001 - PyAV raises many types for damaged or foreign files
             raise VideoSourceError(f"{path}: cannot read it as a video ({type(exc).__name__}: {exc})") from None
         if count <= 0:  # some containers do not store the count: decode once to count
-            with av.open(path) as container:
+            with _open(path) as container:
                 count = sum(1 for _ in container.decode(container.streams.video[0]))
         return cls(path, first.width, first.height, rate or 16.0, count)
 
@@ -57,7 +64,7 @@ class VideoSource:
         `size` (height, width) when given and different."""
         limit = self.frames if limit is None else min(limit, self.frames)
         buffer, sent = [], 0
-        with av.open(self.path) as container:
+        with _open(self.path) as container:
             for frame in container.decode(container.streams.video[0]):
                 if sent + len(buffer) >= limit:
                     break

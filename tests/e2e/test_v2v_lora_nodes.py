@@ -41,7 +41,7 @@ def test_zero_download_v2v_workflow_restyles_the_samplers_frames(comfy, models):
 
 
 def test_v2v_lora_workflow_keeps_the_input_length_with_a_partial_last_chunk(comfy, models):
-    graph = workflow("v2v_lora")   # core Load Video (26 frames at 10 fps) → SF LoRA → SF Video To Video
+    graph = workflow("v2v_lora")   # core Load Video (26 frames at 10 fps, read a chunk at a time) → SF Video To Video
     v2v = node_of(graph, "SFVideoToVideo")
     prompt_id, messages = run(comfy, graph)
     assert messages[-1].type == "execution_success", messages[-1].data
@@ -108,8 +108,8 @@ def test_foreign_lora_and_short_input_give_readable_errors(comfy, models):
 
     graph = workflow("v2v_lora")
     graph["6"] = {"class_type": "LoadImage", "inputs": {"image": "sf_start.png"}}
-    graph["8"]["inputs"].update(images=["6", 0], fps=16.0)
-    del graph["7"]
+    graph["8"]["inputs"]["images"] = ["6", 0]
+    del graph["8"]["inputs"]["video"]
     _, messages = run(comfy, graph)
     assert "the input has 1 frame(s); video-to-video needs at least 9" in error_message(messages)
 
