@@ -102,10 +102,9 @@ def traced_peak(fn) -> int:
     return tracker.peak
 
 
-def nbytes(module: torch.nn.Module, dtype: torch.dtype | None = None) -> int:
-    """Parameter and buffer bytes (in `dtype` if given, else as stored)."""
-    tensors = [*module.parameters(), *module.buffers()]
-    return sum(t.numel() * (dtype or t.dtype).itemsize for t in tensors)
+def nbytes(module: torch.nn.Module) -> int:
+    """Parameter and buffer bytes."""
+    return sum(t.numel() * t.dtype.itemsize for t in [*module.parameters(), *module.buffers()])
 
 
 # -- closed form -----------------------------------------------------------------------------------------
