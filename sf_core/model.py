@@ -220,7 +220,7 @@ class CausalWanModel(nn.Module):
         cfg = self.config = config
         self.attention_backend = attention
         self.rope = rope
-        self.checkpoint_blocks = False  # recompute each block in backward (uncached forwards: score networks)
+        self.checkpoint_blocks = False  # recompute each block in backward (uncached or read-only-cache forwards)
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
                                             nn.Linear(cfg.dim, cfg.dim))
@@ -347,7 +347,9 @@ class CausalWanModel(nn.Module):
         geo = Geometry(grid[0], grid[1], grid[2], start_frame, self.config.head_dim, tokens.device,
                        self.rope, freqs)
         img = self._image_context(image_features)
-        recompute = self.checkpoint_blocks and cache is None and torch.is_grad_enabled()
+        # a writing cache would be written twice by the recomputation; a read-only view (the rollout's exit step) not
+        recompute = (self.checkpoint_blocks and torch.is_grad_enabled()
+                     and (cache is None or not getattr(cache, "writable", True)))
         for i, block in enumerate(self.blocks):
             run = functools.partial(checkpoint, block, use_reentrant=False) if recompute else block
             tokens = run(tokens, e0, ctx, geo, cache, i, image_context=img, cross_cache=cross_cache)

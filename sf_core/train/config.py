@@ -123,6 +123,7 @@ class DistributedSection:
 @dataclass
 class TrainSection:
     gradient_checkpointing: bool = True  # the generator: recompute each chunk's exit-step forward
+    checkpoint_granularity: str = "chunk"  # chunk: that forward as one unit | block: block by block (less memory)
     score_checkpointing: bool = True     # critic / teacher: recompute each block of forwards with gradients
     tf32: bool = True
 
@@ -411,7 +412,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
 
 CHOICES = {"distributed.strategy": ("auto", "fsdp", "ddp", "none"), "distributed.backend": ("auto", "nccl", "gloo"),
            "distributed.device": ("auto", "cpu", "cuda"), "model.dtype": ("float32", "bfloat16", "float16"),
-           "run.checkpoint_format": ("full", "sharded")}
+           "run.checkpoint_format": ("full", "sharded"), "train.checkpoint_granularity": ("chunk", "block")}
 
 
 def _check_choices(cfg: TrainConfig) -> None:

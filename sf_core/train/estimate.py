@@ -179,6 +179,7 @@ def _models(cfg, ctx: DistContext):
         teacher = CausalWanModel(teacher_cfg, attention=attention).requires_grad_(False).eval()
     for score in (teacher, critic):
         score.checkpoint_blocks = cfg.train.score_checkpointing
+    generator.checkpoint_blocks = cfg.train.gradient_checkpointing and cfg.train.checkpoint_granularity == "block"
     generator, critic = fully_shard_model(generator, ctx), fully_shard_model(critic, ctx)
     if cfg.distributed.shard_frozen:
         teacher = fully_shard_model(teacher, ctx)

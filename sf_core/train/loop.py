@@ -86,6 +86,7 @@ class Trainer:
         for score in (teacher, critic):
             if score is not None:
                 score.checkpoint_blocks = cfg.train.score_checkpointing
+        generator.checkpoint_blocks = cfg.train.gradient_checkpointing and cfg.train.checkpoint_granularity == "block"
         if not sharded:
             generator = prepare_trainable(generator, ctx)
             if teacher is not None:

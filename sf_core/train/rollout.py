@@ -148,13 +148,14 @@ def self_rollout(generator, context: torch.Tensor, latent_shape: tuple[int, int,
 
 def _exit_forward(generator, x, t, context, cache: RolloutCache, start: int, sched: FlowMatchScheduler,
                   use_checkpoint: bool) -> torch.Tensor:
-    """The exit-step x0 prediction; reads the cache without writing (the cache pass rewrites this chunk)."""
+    """The exit-step x0 prediction; reads the cache without writing (the cache pass rewrites this chunk).
+    `use_checkpoint` recomputes the whole forward in backward, unless the generator checkpoints its blocks."""
     view = cache.read_only()
 
     def run(x_in, ctx):
         return sched.to_x0(x_in, generator(x_in, t, ctx, view, start), t)
 
-    if use_checkpoint and torch.is_grad_enabled():
+    if use_checkpoint and torch.is_grad_enabled() and not getattr(generator, "checkpoint_blocks", False):
         return checkpoint(run, x, context, use_reentrant=False)
     return run(x, context)
 
