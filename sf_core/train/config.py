@@ -123,7 +123,7 @@ class DistributedSection:
 @dataclass
 class TrainSection:
     gradient_checkpointing: bool = True  # the generator: recompute each chunk's exit-step forward
-    checkpoint_granularity: str = "chunk"  # chunk: that forward as one unit | block: block by block (less memory)
+    checkpoint_granularity: str = "block"  # block: that forward recomputed block by block | chunk: as one unit
     score_checkpointing: bool = True     # critic / teacher: recompute each block of forwards with gradients
     tf32: bool = True
 
