@@ -2,30 +2,19 @@
 // ComfyUI frontend: loadApiJson, arrange, then graph.serialize().
 //
 // usage: node api_to_ui.mjs <base_url> <out_dir> <api_workflow.json>...
-// env:   SF_NODE_DIR, SF_CHROMIUM as for preview.mjs
+// env:   SF_NODE_DIR, SF_CHROMIUM as for comfy_page.mjs
 // Writes <out_dir>/<name>.json per input; prints one JSON line {written: [...], errors: [...]}.
 import fs from "node:fs";
 import path from "node:path";
-import { createRequire } from "node:module";
+
+import { launchBrowser, openComfy } from "./comfy_page.mjs";
 
 const [baseUrl, outDir, ...inputs] = process.argv.slice(2);
-const require = createRequire(path.join(process.env.SF_NODE_DIR, "package.json"));
-const { chromium } = require("playwright-core");
-const loopback = (url) => /^(https?|wss?):\/\/(127\.0\.0\.1|localhost)(:\d+)?\//.test(url) ||
-  url.startsWith("data:") || url.startsWith("blob:");
 
-await fetch(`${baseUrl}/settings/Comfy.TutorialCompleted`, { method: "POST", body: "true" });
-const browser = await chromium.launch({
-  executablePath: process.env.SF_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"],
-});
+const browser = await launchBrowser(baseUrl);
 const result = { written: [], errors: [] };
 try {
-  const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
-  await page.route("**/*", (route) => (loopback(route.request().url()) ? route.continue() : route.abort()));
-  page.on("pageerror", (error) => result.errors.push(String(error)));
-  await page.goto(baseUrl, { waitUntil: "domcontentloaded" });
-  await page.waitForFunction(() => window.app?.graph && window.sfPreview, null, { timeout: 60000 });
+  const page = await openComfy(browser, baseUrl, result, { width: 1600, height: 1000 });
   fs.mkdirSync(outDir, { recursive: true });
   for (const input of inputs) {
     const api = JSON.parse(fs.readFileSync(input, "utf8"));

@@ -3,32 +3,19 @@
 // them. Reports the sampler's widget values as sent and how the run ended.
 //
 // usage: node legacy.mjs <base_url> <ui_workflow.json>
-// env:   SF_NODE_DIR, SF_CHROMIUM as for preview.mjs
+// env:   SF_NODE_DIR, SF_CHROMIUM as for comfy_page.mjs
 // Prints one JSON line with the results.
 import fs from "node:fs";
-import path from "node:path";
-import { createRequire } from "node:module";
+
+import { launchBrowser, openComfy } from "./comfy_page.mjs";
 
 const [baseUrl, workflowPath] = process.argv.slice(2);
-const require = createRequire(path.join(process.env.SF_NODE_DIR, "package.json"));
-const { chromium } = require("playwright-core");
 const workflow = JSON.parse(fs.readFileSync(workflowPath, "utf8"));
-const loopback = (url) => /^(https?|wss?):\/\/(127\.0\.0\.1|localhost)(:\d+)?\//.test(url) ||
-  url.startsWith("data:") || url.startsWith("blob:");
 
-await fetch(`${baseUrl}/settings/Comfy.TutorialCompleted`, { method: "POST", body: "true" });
-const browser = await chromium.launch({
-  executablePath: process.env.SF_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"],
-});
+const browser = await launchBrowser(baseUrl);
 const result = { errors: [] };
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-  await page.route("**/*", (route) => (loopback(route.request().url()) ? route.continue() : route.abort()));
-  page.on("pageerror", (error) => result.errors.push(String(error)));
-  await page.goto(baseUrl, { waitUntil: "domcontentloaded" });
-  await page.waitForFunction(() => window.app?.graph && window.sfPreview, null, { timeout: 60000 });
-  await page.keyboard.press("Escape");
+  const page = await openComfy(browser, baseUrl, result);
   Object.assign(result, await page.evaluate(async (wf) => {
     await window.app.loadGraphData(wf);
     const sampler = window.app.graph._nodes.find((n) => n.comfyClass === "SFStreamSampler");

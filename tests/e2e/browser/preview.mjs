@@ -2,49 +2,26 @@
 // waits for the Self Forcing preview widget to play every streamed frame, and reports what it drew.
 //
 // usage: node preview.mjs <base_url> <api_workflow.json> <out_dir>
-// env:   SF_NODE_DIR  folder whose node_modules holds playwright-core (scripts/install_browser.sh)
-//        SF_CHROMIUM  browser binary (default /usr/bin/chromium)
+// env:   SF_NODE_DIR, SF_CHROMIUM as for comfy_page.mjs
 // Prints one JSON line with the results; writes <out_dir>/preview_widget.png (+ preview_node.png).
 import fs from "node:fs";
 import path from "node:path";
-import { createRequire } from "node:module";
+
+import { launchBrowser, openComfy } from "./comfy_page.mjs";
 
 const [baseUrl, workflowPath, outDir] = process.argv.slice(2);
-const require = createRequire(path.join(process.env.SF_NODE_DIR, "package.json"));
-const { chromium } = require("playwright-core");
 const workflow = JSON.parse(fs.readFileSync(workflowPath, "utf8"));
 const PREVIEW_TYPES = ["SFStreamSampler", "SFStreamExtend", "SFPreviewTestPattern"];
 const nodeId = Object.keys(workflow).find((id) => PREVIEW_TYPES.includes(workflow[id].class_type));
-const loopback = (url) => /^(https?|wss?):\/\/(127\.0\.0\.1|localhost)(:\d+)?\//.test(url) ||
-  url.startsWith("data:") || url.startsWith("blob:");
 
-// Skip the first-run templates dialog (a per-user server setting).
-await fetch(`${baseUrl}/settings/Comfy.TutorialCompleted`, { method: "POST", body: "true" });
-
-const browser = await chromium.launch({
-  executablePath: process.env.SF_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,900",
-         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"],
-});
+const browser = await launchBrowser(baseUrl);
 const result = { blocked: [], errors: [], console: [] };
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-  await page.route("**/*", (route) => {
-    if (loopback(route.request().url())) return route.continue();
-    result.blocked.push(route.request().url());
-    return route.abort();
+  const page = await openComfy(browser, baseUrl, result, {
+    beforeLoad: (p) => p.on("console", (message) => {
+      if (message.text().includes("sf_preview")) result.console.push(message.text());
+    }),
   });
-  page.on("pageerror", (error) => result.errors.push(String(error)));
-  page.on("console", (message) => {
-    if (message.text().includes("sf_preview")) result.console.push(message.text());
-  });
-
-  const started = Date.now();
-  await page.goto(baseUrl, { waitUntil: "domcontentloaded" });
-  await page.waitForFunction(() => window.app?.graph && window.sfPreview, null, { timeout: 60000 });
-  result.uiReadyMs = Date.now() - started;
-  await page.keyboard.press("Escape");
   // Close the frontend's announcement banner, if any, so it does not cover the canvas in screenshots.
   await page.evaluate(() => {
     const text = [...document.querySelectorAll("body *")]
