@@ -484,43 +484,60 @@ def run(plan: Plan) -> int:
 
 
 def _stream(plan: Plan, recorder: VideoRecorder) -> int:
+    """Load, stream every chunk into `recorder`, save the state if asked; the exit code."""
     decoder_dtype = plan.dtype if plan.device.startswith("cuda") else torch.float32
     bundle = load_bundle(plan.files, plan.device, plan.dtype, decoder_dtype, plan.stream)
-    model, decoder = bundle.model, bundle.decoder
     lora_hooks, scheduled = inputs.apply_loras(bundle, plan.loras, plan.lora_switches)
     prompts = [plan.prompt] + [p for p, _ in plan.switches.values()]
-    contexts = _encode(bundle, prompts, model.config.text_dim, plan.files)
+    contexts = _encode(bundle, prompts, bundle.model.config.text_dim, plan.files)
     bundle.encode = None  # the text encoder is no longer needed: free it
 
     print(f"speed: {plan.speed.describe()}", file=sys.stderr, flush=True)
-    pipe = StreamingPipeline(accelerate(model, plan.speed), plan.stream, device=plan.device, dtype=plan.dtype)
-    stride = decoder.spatial_stride
-    h, w = plan.height // stride, plan.width // stride
+    pipe = StreamingPipeline(accelerate(bundle.model, plan.speed), plan.stream, device=plan.device, dtype=plan.dtype)
+    state = _start(plan, pipe, bundle.decoder, contexts)
+    base = state.chunk_index
+    switches = {base + k: PromptSwitch(contexts[p], r) for k, (p, r) in plan.switches.items()}
+    chunks = (inputs.v2v_chunks(plan.v2v, pipe, state, bundle.decoder, plan.height, plan.width, switches)
+              if plan.v2v else pipe.stream(state, plan.chunks, switches,
+                                           commit_last=not plan.speed.skip_last_cache_pass))
+    chunks = inputs.with_lora_switches(chunks, lora_hooks, scheduled, plan.loras, plan.lora_switches, state)
+
+    print(f"writing {plan.out}" + (f" and {plan.png_dir}/" if plan.png_dir else ""), file=sys.stderr, flush=True)
+    interrupted = _record(plan, recorder, pipe, bundle, chunks, base)
+    print(f"wrote {recorder.frames_written} frames ({state.chunk_index - base} chunks) to {plan.out}", flush=True)
+    if plan.save_state is None:
+        return 130 if interrupted else 0
+    if interrupted:
+        print("state not saved: stopped in the middle of a chunk", file=sys.stderr)
+        return 130
+    return _save_state(plan, state, bundle.decoder, recorder.frames_written)
+
+
+def _start(plan: Plan, pipe: StreamingPipeline, decoder, contexts) -> StreamState:
+    """A resumed stream, or a new one with its cache sized for the planned chunks."""
     if plan.resume_state is not None:
         state = _resume(plan, pipe, decoder, contexts)
     else:
+        h, w = plan.height // decoder.spatial_stride, plan.width // decoder.spatial_stride
         max_frames = (plan.chunks or 1) * plan.stream.chunk_frames
         state = pipe.start(contexts[plan.prompt], h * 8, w * 8, seed=plan.seed, max_frames=max_frames)
         state.info["decoder"] = plan.files.decoder_kind
     inputs.check_stream_loras(state, plan.loras, plan.resume_state)
-    base = state.chunk_index
-    switches = {base + k: PromptSwitch(contexts[p], r) for k, (p, r) in plan.switches.items()}
+    return state
 
-    print(f"writing {plan.out}" + (f" and {plan.png_dir}/" if plan.png_dir else ""), file=sys.stderr, flush=True)
+
+def _record(plan: Plan, recorder: VideoRecorder, pipe: StreamingPipeline, bundle, chunks, base: int) -> bool:
+    """Decode and write every chunk as it comes; True when a second signal interrupted a chunk."""
     progress = Progress(plan.chunks)
-    culprits = {"dit": {f"--checkpoint {plan.files.checkpoint}": model},
-                "decoder": {f"the decoder {plan.files.decoder or plan.files.decoder_kind}": weights_of(decoder)}}
-    interrupted = False
-    skip_last = plan.speed.skip_last_cache_pass  # the stream is not saved, so never continued: 1 pass fewer
+    culprits = {"dit": {f"--checkpoint {plan.files.checkpoint}": bundle.model},
+                "decoder": {f"the decoder {plan.files.decoder or plan.files.decoder_kind}": weights_of(bundle.decoder)}}
+    # with overlap the DiT runs ahead in a thread; a stop request still yields every chunk already made
+    overlap = plan.speed.overlap_decode and not plan.v2v  # V2V encodes its input in the loop: sequential
     try:
         with GracefulStop() as stop:
             started = time.perf_counter()
-            chunks = (inputs.v2v_chunks(plan.v2v, pipe, state, decoder, plan.height, plan.width, switches)
-                      if plan.v2v else pipe.stream(state, plan.chunks, switches, commit_last=not skip_last))
-            chunks = inputs.with_lora_switches(chunks, lora_hooks, scheduled, plan.loras, plan.lora_switches, state)
-            # with overlap the DiT runs ahead in a thread; a stop request still yields every chunk already made
-            overlap = plan.speed.overlap_decode and not plan.v2v  # V2V encodes its input in the loop: sequential
-            for chunk, frames in decode_stream(chunks, decoder, pipe.device, overlap, stop=lambda: stop.requested):
+            for chunk, frames in decode_stream(chunks, bundle.decoder, pipe.device, overlap,
+                                               stop=lambda: stop.requested):
                 _check(plan, recorder, f"chunk {chunk.index - base}", chunk.latents, culprits["dit"])
                 frames = frames[0]  # [T, 3, H, W] in [-1, 1]
                 _check(plan, recorder, f"decoded chunk {chunk.index - base}", frames, culprits["decoder"])
@@ -533,27 +550,25 @@ def _stream(plan: Plan, recorder: VideoRecorder) -> int:
                 if stop.requested:
                     break
     except KeyboardInterrupt:
-        interrupted = True
+        return True
     finally:
         recorder.close()
         progress.close()
-    made = state.chunk_index - base
-    print(f"wrote {recorder.frames_written} frames ({made} chunks) to {plan.out}", flush=True)
-    if plan.save_state is not None:
-        if interrupted:
-            print("state not saved: stopped in the middle of a chunk", file=sys.stderr)
-        else:
-            state.extras = {"vae." + k: v for k, v in decoder.state_dict().items()}
-            state.info["frames_written"] = state.info.get("frames_written", 0) + recorder.frames_written
-            try:
-                with GracefulStop():  # a first signal now is ignored: the stream is done, its state is written
-                    state.save(plan.save_state)
-            except (OSError, SafetensorError) as exc:
-                print(f"error: --save-state {plan.save_state}: cannot write it ({reason(exc)}); the stream state "
-                      f"is lost, the video {plan.out} is complete", file=sys.stderr)
-                return 2
-            print(f"saved the stream state to {plan.save_state}", file=sys.stderr)
-    return 130 if interrupted else 0
+    return False
+
+
+def _save_state(plan: Plan, state: StreamState, decoder, frames_written: int) -> int:
+    state.extras = {"vae." + k: v for k, v in decoder.state_dict().items()}
+    state.info["frames_written"] = state.info.get("frames_written", 0) + frames_written
+    try:
+        with GracefulStop():  # a first signal now is ignored: the stream is done, its state is written
+            state.save(plan.save_state)
+    except (OSError, SafetensorError) as exc:
+        print(f"error: --save-state {plan.save_state}: cannot write it ({reason(exc)}); the stream state "
+              f"is lost, the video {plan.out} is complete", file=sys.stderr)
+        return 2
+    print(f"saved the stream state to {plan.save_state}", file=sys.stderr)
+    return 0
 
 
 def _check(plan: Plan, recorder: VideoRecorder, what: str, x: torch.Tensor, culprits: dict) -> None:
