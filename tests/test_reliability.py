@@ -468,3 +468,28 @@ def test_state_check_names_what_differs(models):
         state.check_compatible(model, StreamConfig(window=6), "s")
     fresh = StreamingPipeline(model, stream).start(torch.zeros(1, 4, TINY_GENERATE_DIT.text_dim), 32, 32)
     assert fresh.info["weights"] == state.info["weights"]  # the CLI (behind its speed wrapper) stored the same
+
+
+
+def test_a_signal_while_outputs_are_claimed_leaves_no_file(tmp_path, monkeypatch):
+    """SIGTERM right after a claim created its file (before the run recorded it): the file is still removed."""
+    from sf_core.generate import outputs as run_outputs
+    real_claim = run_outputs.outputs.claim_file
+
+    def claim_then_signal(*args, **kwargs):
+        claim = real_claim(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return claim
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_outputs.outputs, "claim_file", claim_then_signal)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_outputs.RunOutputs(tmp_path / "v.mp4", None, tmp_path / "s.safetensors", None,
+                                   overwrite=False).open(fps=8)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sorted(os.listdir(tmp_path)) == []

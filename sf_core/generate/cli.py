@@ -475,9 +475,9 @@ def _encode(bundle, prompts: list[str], text_dim: int, files: ModelFiles) -> dic
 
 def run(plan: Plan) -> int:
     """Claim the outputs first (nothing loads unless they can be written), then stream into them."""
-    outputs = plan.outputs()
-    recorder = outputs.open(plan.fps)
+    outputs, recorder = plan.outputs(), None
     try:
+        recorder = outputs.open(plan.fps)
         return _stream(plan, recorder)
     finally:
         outputs.release(recorder)

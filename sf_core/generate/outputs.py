@@ -7,6 +7,9 @@ back (a claimed file that got nothing is removed).
 """
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +18,20 @@ from sf_core.media.outputs import OutputError
 from sf_core.media.recording import VideoRecorder
 
 FRAME_NAME = "frame_{:06d}.png"
+
+
+@contextmanager
+def _signals_deferred():
+    """Hold SIGINT / SIGTERM (delivered when the block ends) so a claim is never created but unrecorded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _same_file(a: Path | None, b: Path | None) -> bool:
@@ -51,12 +68,14 @@ class RunOutputs:
         """Claim the outputs (refused if another run holds them) and return the recorder writing them."""
         self.check()
         try:
-            self._claims.append(outputs.claim_file("--out", self.out, self.overwrite))
-            if self.png_dir is not None:
-                self._claims.append(outputs.claim_folder("--png-dir", self.png_dir))
-            if self.save_state is not None:  # an empty placeholder until the state replaces it at the end
-                self._claims.append(outputs.claim_file(
-                    "--save-state", self.save_state, self.overwrite or _same_file(self.save_state, self.resume_state)))
+            with _signals_deferred():  # a Ctrl-C / SIGTERM lands after the claim is recorded, never between
+                self._claims.append(outputs.claim_file("--out", self.out, self.overwrite))
+                if self.png_dir is not None:
+                    self._claims.append(outputs.claim_folder("--png-dir", self.png_dir))
+                if self.save_state is not None:  # an empty placeholder until the state replaces it at the end
+                    self._claims.append(outputs.claim_file(
+                        "--save-state", self.save_state,
+                        self.overwrite or _same_file(self.save_state, self.resume_state)))
             return VideoRecorder(self.out, fps, self.png_dir, first_index=self.first_index)
         except BaseException:
             self.release(None)
