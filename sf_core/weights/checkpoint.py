@@ -254,10 +254,6 @@ def _dequantize_fp8(sd: dict) -> dict:
 # Containers
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
-    return files.read_safetensors(path, CheckpointError)
-
-
 def _read_sharded(index_path: Path) -> tuple[dict, dict]:
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
@@ -270,7 +266,7 @@ def _read_sharded(index_path: Path) -> tuple[dict, dict]:
         if not shard_path.is_file():
             raise CheckpointError(f"{index_path}: shard {shard!r} listed in the index is missing "
                                   f"(looked for {shard_path})")
-        part, part_meta = _read_safetensors(shard_path)
+        part, part_meta = files.read_safetensors(shard_path, CheckpointError)
         sd.update(part)
         meta.update(part_meta)
     missing = sorted(set(weight_map) - set(sd))
@@ -325,7 +321,7 @@ def load_state_dict(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if name.endswith(".index.json"):
         sd, meta = _read_sharded(path)
     elif name.endswith(".safetensors") or files.is_safetensors(path):
-        sd, meta = _read_safetensors(path)
+        sd, meta = files.read_safetensors(path, CheckpointError)
     elif name.endswith(".gguf"):
         raise CheckpointError(f"{path}: GGUF files are not supported; use a safetensors or .pt checkpoint")
     else:
