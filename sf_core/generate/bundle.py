@@ -26,6 +26,8 @@ ROLES = {
                      "or models_t5_umt5-xxl-enc-bf16.pth)", "models/text_encoders"),
     "vae": ("the Wan2.1 VAE (wan_2.1_vae.safetensors or Wan2.1_VAE.pth)", "models/vae"),
     "taehv": ("the TAEHV tiny decoder for Wan2.1 (taew2_1.safetensors / lighttaew2_1.safetensors)", "models/vae_approx"),
+    "toy_autoencoder": ("the toy world's autoencoder (decoder.safetensors, written by sf_core.toy.autoencoder)",
+                        "the model bundle folder"),
 }
 class FileProblem(Exception):
     """A user file is missing or wrong; `str()` is the one-line message for the user."""
@@ -103,6 +105,11 @@ def _toy_pixels(files: ModelFiles, device, dtype: torch.dtype) -> ChunkDecoder:
     return PixelDecoder()
 
 
+def _toy_autoencoder(files: ModelFiles, device, dtype: torch.dtype) -> ChunkDecoder:
+    from sf_core.toy.autoencoder import ToyAutoencoderDecoder, load_autoencoder
+    return ToyAutoencoderDecoder(_load("toy_autoencoder", files.decoder, lambda: load_autoencoder(files.decoder, device)))
+
+
 def _wan_geometry():
     from sf_core.vae.wan import StreamingDecoder
     return StreamingDecoder
@@ -113,10 +120,16 @@ def _toy_geometry():
     return PixelDecoder
 
 
+def _toy_autoencoder_geometry():
+    from sf_core.toy.autoencoder import ToyAutoencoderDecoder
+    return ToyAutoencoderDecoder
+
+
 # kind -> (file role or None when the component has no file, loader); see sf_core.generate.files
 TEXT_ENCODERS = {"umt5": ("text_encoder", _umt5), "toy": (None, _toy_text)}
 DECODERS = {"vae": ("vae", _decoder_file, _wan_geometry), "auto": ("vae", _decoder_file, _wan_geometry),
-            "taehv": ("taehv", _decoder_file, _wan_geometry), "toy_pixels": (None, _toy_pixels, _toy_geometry)}
+            "taehv": ("taehv", _decoder_file, _wan_geometry), "toy_pixels": (None, _toy_pixels, _toy_geometry),
+            "toy_autoencoder": ("toy_autoencoder", _toy_autoencoder, _toy_autoencoder_geometry)}
 
 
 def decoder_class(files: ModelFiles):

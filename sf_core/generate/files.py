@@ -5,11 +5,12 @@ A bundle folder holds a `manifest.json` next to its files; the embedded default 
 
     {"checkpoint": "model.safetensors",
      "text_encoder": {"kind": "toy", "text_dim": 64, "max_len": 24, "seed": 0},   # or {"kind": "umt5", "file": ...}
-     "decoder": {"kind": "toy_pixels"},                                         # or {"kind": "vae", "file": ...}
-     "width": 32, "height": 32, "fps": 8, "chunks": 7, "prompt": "a red circle moves left on a navy background",
+     "decoder": {"kind": "toy_autoencoder", "file": "decoder.safetensors"},     # or {"kind": "vae", "file": ...}
+     "width": 64, "height": 64, "fps": 16, "chunks": 16, "prompt": "a red circle moves left on a navy background",
      "description": "..."}
 
-Component kinds (text encoder: `umt5`, `toy`; decoder: `vae`, `taehv`, `auto`, `toy_pixels`) are loaded by
+Component kinds (text encoder: `umt5`, `toy`; decoder: `vae`, `taehv`, `auto`, `toy_pixels`,
+`toy_autoencoder`) are loaded by
 `sf_core.generate.bundle`; a kind's options are the entry's other keys.
 """
 from __future__ import annotations

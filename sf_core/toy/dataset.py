@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import torch
 
-from .render import render, to_latent
+from .latents import PIXELS
+from .render import render
 from .world import sample_scenes
 
 
 def sample_batch(batch: int, num_frames: int, seed: int, start: int = 0, height: int = 32, width: int = 32,
-                 device: torch.device | str = "cpu") -> tuple[list[str], torch.Tensor]:
-    """Scenes ``start .. start + batch - 1`` of ``seed`` -> (prompts, latents [B, F, 12, H/2, W/2])."""
+                 device: torch.device | str = "cpu", space=PIXELS) -> tuple[list[str], torch.Tensor]:
+    """Scenes ``start .. start + batch - 1`` of ``seed`` -> (prompts, latents [B, F, C, h, w]) of ``num_frames``
+    latent frames in ``space`` (:mod:`sf_core.toy.latents`; default the exact pixels, 12 × H/2 × W/2)."""
     scenes = sample_scenes(batch, seed, start)
-    return [s.prompt for s in scenes], to_latent(render(scenes, num_frames, height=height, width=width, device=device))
+    pixels = render(scenes, space.pixel_frames(num_frames), height=height, width=width, device=device)
+    return [s.prompt for s in scenes], space.encode(pixels)
 
 
 class ToyVideoDataset(torch.utils.data.Dataset):

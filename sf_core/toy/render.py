@@ -5,11 +5,12 @@ Rendering: each shape is a signed distance d (in pixels) to its outline on a tor
 (later objects in front) over the background. All shapes of a given size have the same area
 ``pi * size^2``. This same function renders the ground truth and the fits in :mod:`sf_core.toy.metrics`.
 
-Latent space — why no VAE: the toy latent is a fixed, exactly invertible linear map of pixels,
+The exact pixel latent space: a fixed, exactly invertible linear map of pixels,
 ``latent = pixel_unshuffle(2 * rgb - 1, 2)`` (space-to-depth 2x2 -> ``C = 12`` channels at half
-resolution). It needs no training, adds no reconstruction error (so every metric measures the video
-model alone), is differentiable and instant, and keeps Wan's geometry: with the DiT's (1, 2, 2) patch one
-token is a 4x4 pixel patch, a 32x32 frame is a 16x16 latent and 64 tokens. Values lie in [-1, 1].
+resolution), one latent frame per frame. It needs no training and adds no reconstruction error, so the
+Table-2 reproduction profiles use it and every metric measures the video model alone. The embedded
+default model uses the learned autoencoder instead (:mod:`sf_core.toy.autoencoder`: stride 8 × 4, the
+Wan VAE's geometry); :mod:`sf_core.toy.latents` puts both behind one interface.
 """
 from __future__ import annotations
 

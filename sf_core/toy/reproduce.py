@@ -41,9 +41,13 @@ from ..train.objectives import ObjectiveConfig, StepInfo, TrainBatch, build_obje
 from ..train.ode_pairs import generate_ode_trajectory, kept_timesteps, save_ode_pairs
 from ..scheduler import FlowMatchScheduler
 from .dataset import sample_batch
+from .world import sample_scenes
+from .autoencoder import AutoencoderConfig, load_autoencoder, save_autoencoder, train_autoencoder
 from .forcing_dmd import ForcingDMDObjective
-from .metrics import evaluate_latents, summarize
-from .render import LATENT_CHANNELS, LATENT_FACTOR
+from .latents import PIXELS, AutoencoderSpace
+from .metrics import evaluate, summarize
+from .render import render
+from .seeds import replace_block
 from .text import ToyTextEncoder
 
 TRAIN_SEED, EVAL_SEED = 0, 1_000_000       # scene streams: training clips / held-out evaluation prompts
@@ -58,9 +62,15 @@ TABLE_METRICS = (("frame_error", "frame err ↓"), ("colour_error", "colour err 
 @dataclass(frozen=True)
 class Profile:
     name: str
-    height: int = 16                  # pixels (latent = height / 2)
+    height: int = 16                  # pixels (latent = height / spatial stride of the latent space)
     width: int = 16
     frames: int = 9                   # training length in latent frames (a multiple of 3)
+    latent: str = "pixels"            # pixels (exact, stride 2 × 1) | autoencoder (learned, stride 8 × 4)
+    autoencoder_steps: int = 0        # training steps of the autoencoder (latent "autoencoder")
+    autoencoder_batch: int = 8        # clips of 9 frames per autoencoder step
+    autoencoder_width: int = 64
+    latent_channels: int = 16
+    data_pool: int = 0                # > 0: encode this many training clips once and draw batches from them
     dim: int = 64
     ffn_dim: int = 128
     num_heads: int = 1
@@ -89,12 +99,19 @@ PROFILES = {
     "full": Profile("full", dim=128, ffn_dim=256, teacher_steps=6000, teacher_lr=5e-4, ode_pairs=512,
                     ode_steps=1500, forcing_steps=1500, dmd_steps=600, critic_ratio=5, many_steps=16, student_lr=1e-4,
                     critic_lr=1e-4, eval_samples=64),
-    # The embedded default: a wider, deeper teacher and longer training than `quick`, still CPU-sized.
-    "default": Profile("default", dim=128, ffn_dim=256, num_layers=4, teacher_steps=5000, teacher_lr=5e-4,
-                       ode_pairs=256, ode_steps=800, dmd_steps=200, eval_samples=16),
+    # The embedded default: 64×64 px in the learned latent space (8×8 latents, the DiT cost of 16×16 pixel
+    # latents), a wider, deeper teacher and longer training than `quick`; CPU-sized (≤ 60 min on 2 threads).
+    "default": Profile("default", height=64, width=64, latent="autoencoder", autoencoder_steps=3000,
+                       data_pool=8192, dim=128, ffn_dim=256, num_layers=4, teacher_steps=8000, teacher_lr=5e-4,
+                       ode_pairs=256, ode_steps=800, dmd_steps=300, eval_samples=16),
     "smoke": Profile("smoke", frames=6, dim=32, ffn_dim=64, num_layers=1, batch=2, teacher_steps=2, ode_pairs=2,
                      ode_steps=2, forcing_steps=2, dmd_steps=1, critic_ratio=1, many_steps=2, eval_samples=2,
                      eval_lengths=(1, 2)),
+    "smoke_autoencoder": Profile("smoke_autoencoder", height=32, width=32, frames=6, latent="autoencoder",
+                                 autoencoder_steps=2, autoencoder_width=16, latent_channels=4, data_pool=8, dim=32,
+                                 ffn_dim=64, num_layers=1, batch=2, teacher_steps=2, ode_pairs=2, ode_steps=2,
+                                 forcing_steps=2, dmd_steps=1, critic_ratio=1, many_steps=2, eval_samples=2,
+                                 eval_lengths=(1, 2)),
 }
 
 
@@ -133,23 +150,44 @@ class Run:
     def __init__(self, profile: Profile, device: str, out: Path):
         self.p, self.device, self.out = profile, torch.device(device), out
         self.text = ToyTextEncoder(text_dim=64, max_len=24, seed=0)
-        self.latent = (LATENT_CHANNELS, profile.height // LATENT_FACTOR, profile.width // LATENT_FACTOR)
-        self.model_config = ModelConfig(dim=profile.dim, ffn_dim=profile.ffn_dim, num_heads=profile.num_heads,
-                                        num_layers=profile.num_layers, in_dim=LATENT_CHANNELS,
-                                        out_dim=LATENT_CHANNELS, text_dim=self.text.text_dim, freq_dim=64,
-                                        text_len=self.text.max_len)
         self.timings: dict[str, float] = {}
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if profile.latent == "pixels":
+            self.use_space(PIXELS)   # the autoencoder space is set once its stage has run
+
+    def use_space(self, space) -> None:
+        """Train and evaluate in `space` (sf_core.toy.latents); encodes the data pool when the profile has one."""
+        p = self.p
+        self.space = space
+        self.latent = (space.channels, p.height // space.spatial_stride, p.width // space.spatial_stride)
+        self.model_config = ModelConfig(dim=p.dim, ffn_dim=p.ffn_dim, num_heads=p.num_heads,
+                                        num_layers=p.num_layers, in_dim=space.channels, out_dim=space.channels,
+                                        text_dim=self.text.text_dim, freq_dim=64, text_len=self.text.max_len)
+        self.pool = None
+        if p.data_pool:
+            parts = [sample_batch(64, p.frames, TRAIN_SEED + p.seed, i, p.height, p.width, space=space)
+                     for i in range(0, p.data_pool, 64)]
+            self.pool = ([q for prompts, _ in parts for q in prompts], torch.cat([x for _, x in parts]))
+            self.log(f"data pool: {len(self.pool[0])} clips encoded, {self.pool[1].numel() * 4 / 2**20:.0f} MiB")
 
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    def data(self, step: int, frames: int | None = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        """Training batch `step`: prompts, context [B, L, 64], latents [B, F, 12, h, w]."""
+    def data(self, step: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Training batch `step`: prompts, context [B, L, 64], latents [B, F, C, h, w] (from the pool if any)."""
         p = self.p
-        prompts, latents = sample_batch(p.batch, frames or p.frames, TRAIN_SEED + p.seed, step * p.batch,
-                                        p.height, p.width)
+        if self.pool is None:
+            prompts, latents = sample_batch(p.batch, p.frames, TRAIN_SEED + p.seed, step * p.batch,
+                                            p.height, p.width, space=self.space)
+        else:
+            gen = torch.Generator().manual_seed(p.seed * 1_000_003 + step)
+            idx = torch.randint(0, len(self.pool[0]), (p.batch,), generator=gen)
+            prompts, latents = [self.pool[0][i] for i in idx], self.pool[1][idx]
         return prompts, self.text(prompts, self.device), latents.to(self.device)
+
+    def pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, F, C, h, w] -> pixel frames [B, T, 3, H, W] in [0, 1] (the space's decoder)."""
+        return self.space.decode(latents)
 
     def stream_config(self, chunk: int, many_step: bool, window: int = -1) -> StreamConfig:
         steps = self.p.many_steps if many_step else 4
@@ -170,6 +208,21 @@ def optimise(loss: torch.Tensor, opt: torch.optim.Optimizer, module: torch.nn.Mo
     loss.backward()
     torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
     opt.step()
+
+
+# -- stage 0: the latent space -----------------------------------------------------------------------------------
+def autoencoder_stage(run: Run, init_from: Path | None):
+    """Train the toy autoencoder (or load it from an earlier run) -> <out>/checkpoints/autoencoder.safetensors."""
+    p, name = run.p, "autoencoder.safetensors"
+    if init_from is not None:
+        model = load_autoencoder(init_from / "checkpoints" / name, run.device)
+        run.log(f"autoencoder loaded from {init_from}")
+    else:
+        model = train_autoencoder(p.autoencoder_steps, p.autoencoder_batch, p.height, p.width, TRAIN_SEED + p.seed,
+                                  AutoencoderConfig(p.latent_channels, p.autoencoder_width), log=run.log,
+                                  device=run.device)
+    save_autoencoder(model, run.out / "checkpoints" / name)
+    return load_autoencoder(run.out / "checkpoints" / name, run.device)  # the shipped (float16) weights
 
 
 # -- stage 1: the teacher --------------------------------------------------------------------------------------
@@ -205,7 +258,7 @@ def ode_pairs(run: Run, teacher: CausalWanModel) -> tuple[torch.Tensor, torch.Te
     gen = torch.Generator().manual_seed(p.seed + 2)
     for start in range(0, p.ode_pairs, 32):
         n = min(32, p.ode_pairs - start)
-        batch_prompts, _ = sample_batch(n, 1, TRAIN_SEED + p.seed + 7, start, p.height, p.width)
+        batch_prompts = [s.prompt for s in sample_scenes(n, TRAIN_SEED + p.seed + 7, start)]
         ctx = run.text(batch_prompts, run.device)
         noise = torch.randn((n, p.frames, *run.latent), generator=gen).to(run.device)
         trajs.append(generate_ode_trajectory(teacher, ctx, None, noise, 48, 5.0, p.ode_guidance, ODE_KEEP).cpu())
@@ -297,17 +350,15 @@ def eval_window(frames: int, chunk: int) -> int:
 
 
 def eval_prompts(run: Run) -> list[str]:
-    prompts, _ = sample_batch(run.p.eval_samples, 1, EVAL_SEED + run.p.seed, 0, run.p.height, run.p.width)
-    return prompts
+    return [s.prompt for s in sample_scenes(run.p.eval_samples, EVAL_SEED + run.p.seed)]
 
 
 @torch.no_grad()
 def stream_latents(run: Run, model: CausalWanModel, stream: StreamConfig, prompts: list[str], frames: int,
                    seed: int) -> torch.Tensor:
     """Generate `frames` latent frames per prompt with the streaming pipeline -> [B, F, C, h, w] on CPU."""
-    pipe = StreamingPipeline(model, stream, device=run.device)
-    _, h, w = run.latent
-    state = pipe.start(run.text(prompts, run.device), h * 8, w * 8, seed=seed, noise=SeededNoise(seed),
+    pipe = StreamingPipeline(model, stream, device=run.device, spatial_stride=run.space.spatial_stride)
+    state = pipe.start(run.text(prompts, run.device), run.p.height, run.p.width, seed=seed, noise=SeededNoise(seed),
                        max_frames=frames)
     return torch.cat([c.latents.cpu() for c in pipe.stream(state, math.ceil(frames / stream.chunk_frames))], 1)[:, :frames]
 
@@ -319,8 +370,9 @@ def teacher_samples(run: Run, teacher: CausalWanModel, prompts: list[str]) -> to
     return traj[:, 0].cpu()
 
 
-def score(latents: torch.Tensor, prompts: list[str]) -> dict[str, dict]:
-    return {k: asdict(v) for k, v in summarize(evaluate_latents(latents, prompts)).items()}
+def score(pixels: torch.Tensor, prompts: list[str]) -> dict[str, dict]:
+    """Summary of the exact metrics of pixel videos [B, T, 3, H, W] in [0, 1]."""
+    return {k: asdict(v) for k, v in summarize(evaluate(pixels, prompts)).items()}
 
 
 def evaluate_student(run: Run, s: Student, model: CausalWanModel, prompts: list[str]) -> dict[str, dict]:
@@ -330,7 +382,7 @@ def evaluate_student(run: Run, s: Student, model: CausalWanModel, prompts: list[
         window = -1 if mult == 1 else eval_window(run.p.frames, s.chunk)
         latents = stream_latents(run, model, run.stream_config(s.chunk, s.many_step, window), prompts, frames,
                                  seed=run.p.seed + 100)
-        out[str(mult)] = score(latents, prompts)
+        out[str(mult)] = score(run.pixels(latents), prompts)
     return out
 
 
@@ -349,7 +401,8 @@ def results_markdown(results: dict) -> str:
              f"Generated by `{meta['command']}` (profile `{p['name']}`, seed {p['seed']}) on {meta['hardware']}; "
              f"wall time {meta['wall_time_s'] / 60:.1f} min "
              f"({', '.join(f'{k} {v / 60:.1f}' for k, v in meta['stage_times_s'].items())} min). "
-             f"Training length {p['frames']} latent frames of {p['height']}×{p['width']} px; model dim {p['dim']}, "
+             f"Training length {p['frames']} latent frames of {p['height']}×{p['width']} px "
+             f"({'learned autoencoder latents, stride 8 × 4' if p.get('latent') == 'autoencoder' else 'exact pixel latents'}); model dim {p['dim']}, "
              f"{p['num_layers']} layers; {p['eval_samples']} held-out prompts (scene seed {EVAL_SEED + p['seed']}); "
              "mean ± half-width of the 95% t-interval over clips.", ""]
     header = "| model | chunk | length | " + " | ".join(h for _, h in TABLE_METRICS) + " |"
@@ -359,8 +412,7 @@ def results_markdown(results: dict) -> str:
                   + (", global cache)" if mult == "1" else f", rolling cache of training length − chunk)"), "",
                   header, rule]
         if mult == "1":
-            for name in ("ground_truth", "teacher"):
-                r = results["references"][name]
+            for r in results["references"].values():
                 lines.append(f"| {r['label']} | – | {p['frames']} | "
                              + " | ".join(fmt(r["metrics"][k]) for k, _ in TABLE_METRICS) + " |")
         for r in results["students"].values():
@@ -374,15 +426,10 @@ def results_markdown(results: dict) -> str:
 
 def write_report(results: dict, path: Path) -> None:
     """Replace the generated block of `path` (or create the file around it), keeping the hand-written text."""
-    block = results_markdown(results)
-    text = path.read_text() if path.is_file() else "# Reproduction of Table 2 on the toy world\n\n" + RESULTS_START + RESULTS_END + "\n"
-    if RESULTS_START in text and RESULTS_END in text:
-        head, rest = text.split(RESULTS_START, 1)
-        text = head + block + rest.split(RESULTS_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# Reproduction of Table 2 on the toy world\n")
+    replace_block(path, RESULTS_START, RESULTS_END, results_markdown(results))
 
 
 def hardware(device: torch.device) -> str:
@@ -404,27 +451,34 @@ def reproduce(profile: Profile, device: str, out: Path, report: Path, command: s
         run.timings[name] = time.perf_counter() - stage
         stage = time.perf_counter()
 
+    chosen = [s for s in students() if only is None or s.key in only]
+    chunks = sorted({s.chunk for s in chosen}, reverse=True)
+    if profile.latent == "autoencoder":
+        run.use_space(AutoencoderSpace(autoencoder_stage(run, init_from)))
+        lap("autoencoder")
     if init_from is not None:
         load = lambda name: load_model(init_from / "checkpoints" / f"{name}.safetensors", device=run.device)[0]
         teacher = load("teacher").eval().requires_grad_(False)
-        inits = {c: load(f"ode_init_c{c}") for c in (3, 1)}
+        inits = {c: load(f"ode_init_c{c}") for c in chunks}
         run.log(f"teacher and ODE inits loaded from {init_from}")
     else:
         teacher = train_teacher(run)
         lap("teacher")
         trajs, ctxs = ode_pairs(run, teacher)
-        inits = {c: ode_init(run, teacher, trajs, ctxs, c) for c in (3, 1)}
+        inits = {c: ode_init(run, teacher, trajs, ctxs, c) for c in chunks}
         lap("ode")
     prompts = eval_prompts(run)
-    _, truth = sample_batch(profile.eval_samples, profile.frames, EVAL_SEED + profile.seed, 0, profile.height, profile.width)
-    results = {"references": {
-        "ground_truth": {"label": "Ground truth (renderer)", "metrics": score(truth, prompts)},
-        "teacher": {"label": f"Teacher (bidirectional, 48 Euler steps, CFG {run.p.ode_guidance:g})", "metrics": score(teacher_samples(run, teacher, prompts), prompts)}},
-        "students": {}}
+    scenes = sample_scenes(profile.eval_samples, EVAL_SEED + profile.seed)
+    truth = render(scenes, run.space.pixel_frames(profile.frames), height=profile.height, width=profile.width)
+    references = {"ground_truth": {"label": "Ground truth (renderer)", "metrics": score(truth, prompts)}}
+    if profile.latent == "autoencoder":
+        references["reconstruction"] = {"label": "Ground truth through the autoencoder",
+                                        "metrics": score(run.pixels(run.space.encode(truth)), prompts)}
+    references["teacher"] = {"label": f"Teacher (bidirectional, 48 Euler steps, CFG {run.p.ode_guidance:g})",
+                             "metrics": score(run.pixels(teacher_samples(run, teacher, prompts)), prompts)}
+    results = {"references": references, "students": {}}
     train_time = eval_time = 0.0
-    for s in students():
-        if only is not None and s.key not in only:
-            continue
+    for s in chosen:
         t0 = time.perf_counter()
         model = train_student(run, s, inits[s.chunk], teacher)
         t1 = time.perf_counter()
@@ -457,11 +511,17 @@ def export_default(results: dict, out: Path, folder: Path, chunk: int | None = 3
     key = best_self_forcing(results, chunk)
     p = results["meta"]["profile"]
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "decoder.safetensors").unlink(missing_ok=True)   # no stale decoder of an earlier model
     shutil.copyfile(out / results["students"][key]["checkpoint"], folder / "model.safetensors")
+    decoder = {"kind": "toy_pixels"}
+    if p.get("latent") == "autoencoder":
+        shutil.copyfile(out / "checkpoints" / "autoencoder.safetensors", folder / "decoder.safetensors")
+        decoder = {"kind": "toy_autoencoder", "file": "decoder.safetensors"}
     manifest = {"checkpoint": "model.safetensors",
                 "text_encoder": {"kind": "toy", "text_dim": 64, "max_len": 24, "seed": 0},
-                "decoder": {"kind": "toy_pixels"},
-                "width": p["width"], "height": p["height"], "fps": 8, "chunks": 16,
+                "decoder": decoder,
+                "width": p["width"], "height": p["height"], "fps": 16 if p.get("latent") == "autoencoder" else 8,
+                "chunks": 16,
                 "prompt": "a red circle moves right and a yellow square orbits on a navy background",
                 "description": (f"embedded toy model: {results['students'][key]['label']} "
                                 f"({'chunk-wise' if results['students'][key]['chunk'] == 3 else 'frame-wise'}), trained by "
@@ -485,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated student keys, e.g. self_forcing_c3,df_dmd_c3")
     ap.add_argument("--dmd-steps", type=int, default=None, help="override the profile's DMD generator steps")
     ap.add_argument("--teacher-steps", type=int, default=None, help="override the profile's teacher steps")
+    ap.add_argument("--eval-samples", type=int, default=None, help="override the profile's held-out prompt count")
     ap.add_argument("--rewrite-report", action="store_true",
                     help="only rewrite --report from <out>/results.json (no training)")
     args = ap.parse_args(argv)
@@ -493,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     profile = PROFILES[args.profile]
     overrides = {k: v for k, v in (("seed", args.seed), ("dmd_steps", args.dmd_steps),
-                                   ("teacher_steps", args.teacher_steps)) if v is not None}
+                                   ("teacher_steps", args.teacher_steps), ("eval_samples", args.eval_samples)) if v is not None}
     profile = replace(profile, **overrides)
     only = None if args.only is None else set(args.only.split(","))
     unknown = sorted((only or set()) - {s.key for s in students()})

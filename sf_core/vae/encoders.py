@@ -60,6 +60,7 @@ class StreamingTAEHVEncoder:
 
 def encoder_for(decoder) -> ChunkEncoder:
     """The streaming encoder that shares `decoder`'s network (Wan VAE, TAEHV or the toy pixels)."""
+    from sf_core.toy.autoencoder import ToyAutoencoderDecoder, ToyAutoencoderEncoder
     from sf_core.toy.pixels import PixelDecoder, PixelEncoder
     if isinstance(decoder, StreamingDecoder):
         if not decoder.vae.has_encoder:
@@ -70,5 +71,7 @@ def encoder_for(decoder) -> ChunkEncoder:
         return StreamingTAEHVEncoder(decoder.model)
     if isinstance(decoder, PixelDecoder):
         return PixelEncoder()
+    if isinstance(decoder, ToyAutoencoderDecoder):
+        return ToyAutoencoderEncoder(decoder.model)
     raise TypeError(f"no streaming encoder for a {type(decoder).__name__}; expected the Wan2.1 VAE, TAEHV or "
-                    "the toy pixel decoder")
+                    "a toy decoder")

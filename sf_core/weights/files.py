@@ -25,6 +25,7 @@ SIGNATURES = (
     ("decoder.middle.0.residual.0.gamma", "vae", "a Wan2.1 VAE", "models/vae"),
     ("decoder.mid_block.resnets.0.conv1.weight", "diffusers_vae", "a diffusers VAE", "models/vae"),
     ("decoder.22.bias", "taehv", "a TAEHV tiny decoder", "models/vae_approx"),
+    ("latent_std", "toy_autoencoder", "the toy world's autoencoder", "a toy model bundle folder"),
     ("shared.weight", "text_encoder", "a umT5/T5 text encoder", "models/text_encoders"),
     ("encoder.final_layer_norm.weight", "text_encoder", "a umT5/T5 text encoder", "models/text_encoders"),
     ("token_embedding.weight", "text_encoder", "the official Wan umT5 text encoder", "models/text_encoders"),

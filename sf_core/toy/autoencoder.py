@@ -1,0 +1,248 @@
+"""The toy world's learned latent space: a small causal video autoencoder with the Wan VAE's geometry.
+
+Spatial stride 8, temporal stride 4, and Wan's causal frame rule: frame 0 is encoded alone (as a group of
+four copies of itself), every later latent frame encodes the next four frames, so 1 + 4k frames give
+1 + k latents and a stream's chunks of n latents decode to 1 + 4(n − 1), then 4n frames
+(:func:`sf_core.media.timing.chunk_frame_counts`) — the real rules, on a toy.
+
+    encoder   group of 4 frames [12, H, W] --space-to-depth 2--> [48, H/2, W/2] --4 convs, 2 strided--> tanh
+              -> raw latent [C, H/8, W/8] in (-1, 1); normalised latent = (raw − mean) / std per channel
+    decoder   (latent t, latent t − 1) [2C, H/8, W/8] --convs, 2 upsamplings--> [48, H/2, W/2]
+              --depth-to-space 2--> 4 frames [4, 3, H, W]
+
+The decoder's only memory is the previous latent frame (zeros before the first), so streamed decoding
+equals one-shot decoding exactly. It is trained on the toy renderer's frames with Gaussian noise on the
+raw latents, which makes it forgiving of the DiT's small latent errors (clean, flat shapes come out of
+slightly-off latents). Weights and config: one safetensors file (:func:`save_autoencoder`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sf_core.weights.checkpoint import write_safetensors_atomic
+from sf_core.weights.files import WeightsError, check_state_dict, read_safetensors
+
+from .render import render
+from .world import sample_scenes
+
+SPATIAL_STRIDE, TEMPORAL_STRIDE = 8, 4
+FORMAT = "sf_toy_autoencoder"
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    latent_channels: int = 16
+    width: int = 64                  # channels of the convs: 2 × width at H/8, width at H/4 and H/2
+    latent_noise: float = 0.05       # std of the training noise on the raw latents
+
+
+def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride, padding=(k - 1) // 2 if stride == 1 else 1)
+
+
+def _block(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
+    """conv -> GroupNorm(8) -> SiLU (without the norm the net trains several times slower here)."""
+    return nn.Sequential(_conv(cin, cout, k, stride), nn.GroupNorm(8, cout), nn.SiLU())
+
+
+class ToyAutoencoder(nn.Module):
+    """Encoder and decoder of the toy latent space; see the module docstring for shapes."""
+
+    def __init__(self, config: AutoencoderConfig = AutoencoderConfig()):
+        super().__init__()
+        self.config = config
+        c, w = config.latent_channels, config.width
+        self.encoder = nn.Sequential(
+            _block(48, w), _block(w, w, 4, 2), _block(w, 2 * w, 4, 2), _block(2 * w, 2 * w), _conv(2 * w, c, 1))
+        self.decoder = nn.Sequential(
+            _block(2 * c, 2 * w), _block(2 * w, 2 * w), nn.Upsample(scale_factor=2), _block(2 * w, w),
+            nn.Upsample(scale_factor=2), _block(w, w), _conv(w, 48))
+        self.register_buffer("latent_mean", torch.zeros(c))
+        self.register_buffer("latent_std", torch.ones(c))
+
+    # -- encoder ---------------------------------------------------------------------------------------------
+    def encode_groups(self, groups: torch.Tensor) -> torch.Tensor:
+        """Raw latents of frame groups: [N, 4, 3, H, W] in [-1, 1] -> [N, C, H/8, W/8] in (-1, 1)."""
+        n, _, _, h, w = groups.shape
+        x = F.pixel_unshuffle(groups.reshape(n, 12, h, w), 2)
+        return torch.tanh(self.encoder(x))
+
+    def encode(self, frames: torch.Tensor, first: bool = True) -> torch.Tensor:
+        """Normalised latents of [B, T, 3, H, W] in [-1, 1]: T = 1 + 4k -> [B, 1 + k, C, h, w] when `first`
+        (frame 0 alone), T = 4k -> [B, k, C, h, w] for a continuation."""
+        b, t = frames.shape[:2]
+        if first:
+            frames = torch.cat([frames[:, :1].expand(-1, TEMPORAL_STRIDE - 1, -1, -1, -1), frames], 1)
+        if frames.shape[1] % TEMPORAL_STRIDE:
+            expected = "1 + 4k" if first else "a multiple of 4"
+            raise ValueError(f"toy autoencoder: {t} frames to encode, expected {expected}")
+        groups = frames.reshape(-1, TEMPORAL_STRIDE, *frames.shape[2:])
+        raw = self.encode_groups(groups)
+        return self.normalise(raw).reshape(b, -1, *raw.shape[1:])
+
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw - self.latent_mean.view(-1, 1, 1)) / self.latent_std.view(-1, 1, 1)
+
+    # -- decoder ---------------------------------------------------------------------------------------------
+    def decode_raw(self, raw: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """[N, C, h, w] raw latents and their predecessors -> [N, 4, 3, 8h, 8w] (not clamped)."""
+        x = F.pixel_shuffle(self.decoder(torch.cat([raw, previous], 1)), 2)   # [N, 12, 8h, 8w]
+        return x.reshape(x.shape[0], TEMPORAL_STRIDE, 3, *x.shape[-2:])
+
+    def decode(self, latents: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised [B, F, C, h, w] -> frames [B, T, 3, 8h, 8w] in [-1, 1]; `previous` = the raw latent before
+        `latents[:, 0]` ([B, C, h, w]) or None at the start of a stream, where T = 4F − 3 (else 4F)."""
+        b, f, c, h, w = latents.shape
+        raw = latents.float() * self.latent_std.view(-1, 1, 1) + self.latent_mean.view(-1, 1, 1)
+        start = raw.new_zeros(b, 1, c, h, w) if previous is None else previous.float().unsqueeze(1)
+        before = torch.cat([start, raw[:, :-1]], 1)
+        out = self.decode_raw(raw.reshape(-1, c, h, w), before.reshape(-1, c, h, w))
+        out = out.reshape(b, f * TEMPORAL_STRIDE, *out.shape[2:]).clamp(-1, 1)
+        return out[:, TEMPORAL_STRIDE - 1:] if previous is None else out
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+
+class ToyAutoencoderDecoder:
+    """The `ChunkDecoder` of the toy latent space: streams normalised latent chunks to frames in [-1, 1].
+
+    State: the last raw latent frame `[B, C, h, w]` (None before the first chunk) — streamed == one-shot.
+    """
+
+    spatial_stride, temporal_stride = SPATIAL_STRIDE, TEMPORAL_STRIDE
+    normalised_latents = False   # ComfyUI LATENTs carry them as they are (the Wan statistics do not apply)
+
+    def __init__(self, model: ToyAutoencoder):
+        self.model = model.eval().requires_grad_(False)
+        self.latent_channels = model.config.latent_channels
+        self.previous: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
+        device = self.model.latent_mean.device
+        frames = self.model.decode(latents.to(device), self.previous)
+        last = latents[:, -1].to(device).float()
+        self.previous = last * self.model.latent_std.view(-1, 1, 1) + self.model.latent_mean.view(-1, 1, 1)
+        return frames
+
+    def reset(self) -> None:
+        self.previous = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self.previous is None else {"previous": self.previous.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        prev = state.get("previous")
+        self.previous = None if prev is None else prev.to(self.model.latent_mean.device, torch.float32).clone()
+
+    def clone(self) -> "ToyAutoencoderDecoder":
+        twin = ToyAutoencoderDecoder(self.model)
+        twin.load_state_dict(self.state_dict())
+        return twin
+
+
+class ToyAutoencoderEncoder:
+    """The `ChunkEncoder` twin: 1 + 4(n − 1) frames first, then 4n per chunk -> normalised latents."""
+
+    spatial_stride, temporal_stride = SPATIAL_STRIDE, TEMPORAL_STRIDE
+
+    def __init__(self, model: ToyAutoencoder):
+        self.model = model
+        self.started = False
+
+    @torch.no_grad()
+    def encode_chunk(self, frames: torch.Tensor) -> torch.Tensor:
+        device = self.model.latent_mean.device
+        out = self.model.encode(frames.to(device, torch.float32), first=not self.started)
+        self.started = True
+        return out
+
+    def reset(self) -> None:
+        self.started = False
+
+
+# -- files -------------------------------------------------------------------------------------------------------
+def save_autoencoder(model: ToyAutoencoder, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Weights (in `dtype`; the normalisation in float32) + config as safetensors metadata."""
+    sd = {k: (v.float() if k.startswith("latent_") else v.to(dtype)).contiguous().cpu()
+          for k, v in model.state_dict().items()}
+    write_safetensors_atomic(sd, path, {"sf_format": FORMAT, "config": json.dumps(asdict(model.config))})
+    return Path(path)
+
+
+def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> ToyAutoencoder:
+    """A file written by :func:`save_autoencoder`, in float32, with one-line errors for other files."""
+    sd, meta = read_safetensors(path)
+    if meta.get("sf_format") != FORMAT:
+        raise WeightsError(f"{path}: not a toy autoencoder (metadata sf_format {meta.get('sf_format')!r}, "
+                           f"expected {FORMAT!r}); write it with sf_core.toy.autoencoder.save_autoencoder")
+    model = ToyAutoencoder(AutoencoderConfig(**json.loads(meta["config"])))
+    check_state_dict(sd, model, str(path), "the toy autoencoder")
+    model.load_state_dict({k: v.float() for k, v in sd.items()})
+    return model.to(device).eval().requires_grad_(False)
+
+
+# -- training ----------------------------------------------------------------------------------------------------
+def training_clips(batch: int, seed: int, step: int, height: int, width: int,
+                   frames: int = 1 + 2 * TEMPORAL_STRIDE) -> torch.Tensor:
+    """Clips of the seeded scene stream at a step-dependent start frame -> [B, frames, 3, H, W] in [-1, 1]."""
+    scenes = sample_scenes(batch, seed, step * batch)
+    start = (step * 7919) % 4096
+    return render(scenes, frames, start_frame=start, height=height, width=width) * 2 - 1
+
+
+def reconstruction_loss(model: ToyAutoencoder, clips: torch.Tensor, noise: float, gen: torch.Generator | None):
+    """L1 + MSE + L1 of the image gradients, of clips [B, 1 + 4k, 3, H, W] through encode -> (noisy raw
+    latents) -> decode."""
+    b = clips.shape[0]
+    padded = torch.cat([clips[:, :1].expand(-1, TEMPORAL_STRIDE - 1, -1, -1, -1), clips], 1)
+    groups = padded.reshape(-1, TEMPORAL_STRIDE, *clips.shape[2:])
+    raw = model.encode_groups(groups)                                        # [B·G, C, h, w]
+    if noise > 0:
+        raw = raw + noise * torch.randn(raw.shape, generator=gen, device=raw.device)
+    raw = raw.reshape(b, -1, *raw.shape[1:])
+    before = torch.cat([torch.zeros_like(raw[:, :1]), raw[:, :-1]], 1)
+    out = model.decode_raw(raw.flatten(0, 1), before.flatten(0, 1)).reshape(padded.shape)
+    err = out - padded
+    edges = (out.diff(dim=-1) - padded.diff(dim=-1)).abs().mean() + (out.diff(dim=-2) - padded.diff(dim=-2)).abs().mean()
+    return err.abs().mean() + (err ** 2).mean() + edges   # the edge term keeps outlines sharp
+
+
+def train_autoencoder(steps: int, batch: int = 16, height: int = 64, width: int = 64, seed: int = 0,
+                      config: AutoencoderConfig = AutoencoderConfig(), lr: float = 3e-3,
+                      log: Callable[[str], None] = print, device: torch.device | str = "cpu") -> ToyAutoencoder:
+    """Train on rendered clips of the scene stream `seed`, then set the per-channel latent normalisation."""
+    torch.manual_seed(seed)
+    model = ToyAutoencoder(config).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    began = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:   # warm-up, cosine decay
+            group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = reconstruction_loss(model, training_clips(batch, seed, step, height, width).to(device),
+                                   config.latent_noise, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            log(f"autoencoder step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - began:.0f} s)")
+    model.eval().requires_grad_(False)
+    with torch.no_grad():
+        clips = torch.cat([training_clips(batch, seed + 1, i, height, width) for i in range(8)]).to(device)
+        raw = model.encode_groups(clips[:, 1:].reshape(-1, TEMPORAL_STRIDE, *clips.shape[2:]))
+        model.latent_mean.copy_(raw.mean((0, 2, 3)))
+        model.latent_std.copy_(raw.std((0, 2, 3)).clamp(min=1e-3))
+    return model

@@ -1,0 +1,117 @@
+"""The toy autoencoder: Wan's frame rule, streamed == one-shot decode and encode, its file, its training,
+and the bundle / video-to-video plumbing that picks it up."""
+import json
+
+import pytest
+import torch
+
+from sf_core.generate.bundle import decoder_class, load_bundle
+from sf_core.generate.files import from_manifest
+from sf_core.media.timing import decoder_frame_counts
+from sf_core.toy.autoencoder import (AutoencoderConfig, ToyAutoencoder, ToyAutoencoderDecoder, ToyAutoencoderEncoder,
+                                     load_autoencoder, reconstruction_loss, save_autoencoder, train_autoencoder,
+                                     training_clips)
+from sf_core.vae.encoders import encoder_for
+from sf_core.weights.files import WeightsError
+
+SMALL = AutoencoderConfig(latent_channels=4, width=16)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = ToyAutoencoder(SMALL)
+    model.latent_mean.uniform_(-0.1, 0.1)   # a non-trivial normalisation, so it is exercised
+    model.latent_std.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_frame_rule_is_wans():
+    model = _model()
+    frames = torch.rand(2, 9, 3, 32, 48) * 2 - 1
+    latents = model.encode(frames)
+    assert latents.shape == (2, 3, 4, 4, 6)               # 1 + 4k frames -> 1 + k latents, stride 8
+    assert model.decode(latents).shape == (2, 9, 3, 32, 48)
+    assert model.encode(frames[:, 1:], first=False).shape == (2, 2, 4, 4, 6)
+    with pytest.raises(ValueError, match="10 frames to encode, expected 1 \\+ 4k"):
+        model.encode(torch.zeros(1, 10, 3, 32, 32))
+    assert decoder_frame_counts(ToyAutoencoderDecoder, 3) == (9, 12)
+
+
+def test_streamed_decode_equals_one_shot_and_its_state_survives_a_round_trip():
+    model = _model()
+    latents = torch.randn(2, 9, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    whole = model.decode(latents)                         # [2, 33, 3, 32, 32]
+    dec = ToyAutoencoderDecoder(model)
+    first = dec.decode_chunk(latents[:, :3])
+    saved, twin = dec.state_dict(), dec.clone()
+    second = dec.decode_chunk(latents[:, 3:6])
+    restored = ToyAutoencoderDecoder(model)
+    restored.load_state_dict(saved)
+    assert torch.equal(restored.decode_chunk(latents[:, 3:6]), second)
+    assert torch.equal(twin.decode_chunk(latents[:, 3:6]), second)
+    third = dec.decode_chunk(latents[:, 6:])
+    streamed = torch.cat([first, second, third], 1)
+    assert [first.shape[1], second.shape[1], third.shape[1]] == [9, 12, 12]
+    torch.testing.assert_close(streamed, whole, atol=1e-6, rtol=0)
+    # the decoder's memory matters: without it the second chunk would differ
+    dec.reset()
+    assert (dec.decode_chunk(latents[:, 3:6]) - second[:, 3:]).abs().max() > 1e-4
+
+
+def test_streamed_encode_equals_one_shot():
+    model = _model()
+    frames = torch.rand(1, 33, 3, 32, 32) * 2 - 1
+    enc = ToyAutoencoderEncoder(model)
+    streamed = torch.cat([enc.encode_chunk(frames[:, :9]), enc.encode_chunk(frames[:, 9:21]),
+                          enc.encode_chunk(frames[:, 21:])], 1)
+    torch.testing.assert_close(streamed, model.encode(frames), atol=1e-6, rtol=0)
+    assert isinstance(encoder_for(ToyAutoencoderDecoder(model)), ToyAutoencoderEncoder)
+
+
+def test_file_round_trip_and_errors(tmp_path):
+    model = _model()
+    path = save_autoencoder(model, tmp_path / "decoder.safetensors")
+    loaded = load_autoencoder(path)
+    assert loaded.config == SMALL
+    torch.testing.assert_close(loaded.latent_std, model.latent_std)          # normalisation kept in float32
+    latents = torch.randn(1, 3, 4, 4, 4)
+    # float16 weights: the decoded frames agree to float16 precision
+    torch.testing.assert_close(loaded.decode(latents), model.decode(latents), atol=2e-2, rtol=0)
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(1)}, str(other))
+    with pytest.raises(WeightsError, match="other.safetensors: not a toy autoencoder"):
+        load_autoencoder(other)
+
+
+def test_training_reduces_the_reconstruction_error():
+    clips = training_clips(4, 999, 0, 32, 32)
+    before = reconstruction_loss(ToyAutoencoder(SMALL), clips, 0.0, None)
+    torch.manual_seed(0)
+    trained = train_autoencoder(40, batch=4, height=32, width=32, config=SMALL, log=lambda _: None)
+    after = reconstruction_loss(trained, clips, 0.0, None)
+    assert after < 0.7 * before, (before, after)
+    raw = trained.encode_groups(clips[:, 1:].reshape(-1, 4, 3, 32, 32))
+    normalised = trained.normalise(raw)                   # the normalisation makes latents ~ unit scale
+    assert 0.3 < normalised.std() < 3
+
+
+def test_a_bundle_with_the_autoencoder_loads_and_names_a_bad_file(tmp_path):
+    from sf_core.generate.bundle import FileProblem
+    from sf_core.model import CausalWanModel
+    from sf_core.config import ModelConfig, StreamConfig
+    from sf_core.weights.checkpoint import save_safetensors
+    cfg = ModelConfig(dim=32, ffn_dim=64, num_heads=1, num_layers=1, in_dim=4, out_dim=4, text_dim=64,
+                      freq_dim=32, text_len=24)
+    save_safetensors(CausalWanModel(cfg), tmp_path / "model.safetensors", StreamConfig(chunk_frames=3), cfg)
+    save_autoencoder(_model(), tmp_path / "decoder.safetensors")
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "checkpoint": "model.safetensors", "text_encoder": {"kind": "toy", "text_dim": 64, "max_len": 24},
+        "decoder": {"kind": "toy_autoencoder", "file": "decoder.safetensors"}, "width": 32, "height": 32}))
+    files = from_manifest(tmp_path)
+    assert decoder_class(files).spatial_stride == 8
+    bundle = load_bundle(files, "cpu", torch.float32, torch.float32)
+    assert isinstance(bundle.decoder, ToyAutoencoderDecoder)
+    (tmp_path / "decoder.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(FileProblem, match="toy autoencoder file .*decoder.safetensors: .*expected the toy world's"):
+        load_bundle(files, "cpu", torch.float32, torch.float32)
