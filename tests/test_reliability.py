@@ -308,22 +308,22 @@ def test_disk_full_for_the_mp4_keeps_every_complete_frame(tmp_path):
 def test_disk_full_for_a_png_removes_its_temporary_file(tmp_path):
     png = tmp_path / "png"
     png.mkdir()
-    os.symlink("/dev/full", png / ".frame_000004.png.tmp")  # writing frame 4 gets ENOSPC from the kernel
+    os.symlink("/dev/full", png / ".frame_000012.png.tmp")  # writing frame 12 gets ENOSPC from the kernel
     proc = _generate(["--chunks", "3", "--out", "v.mp4", "--png-dir", "png"], tmp_path)
     assert proc.returncode == 2
-    assert re.search(r"error: writing png/frame_000004\.png failed \(No space left on device\); png keeps the 4 "
+    assert re.search(r"error: writing png/frame_000012\.png failed \(No space left on device\); png keeps the 12 "
                      r"frame\(s\) before it", proc.stderr)
-    assert sorted(os.listdir(png)) == [f"frame_{i:06d}.png" for i in range(4)]
-    assert read_video(tmp_path / "v.mp4")[0].shape[0] == 3  # the chunk before: its mp4 frames are complete
+    assert sorted(os.listdir(png)) == [f"frame_{i:06d}.png" for i in range(12)]
+    assert read_video(tmp_path / "v.mp4")[0].shape[0] == 9  # chunk 0 (frames 0-8): its mp4 frames are complete
 
 
 def test_disk_full_for_the_state_keeps_the_video(tmp_path):
     proc = _generate(["--chunks", "2", "--out", "v.mp4", "--save-state", "s.safetensors"], tmp_path,
-                     preexec_fn=_limit_file_size(100_000))  # the mp4 is ~3 kB, the state ~500 kB
+                     preexec_fn=_limit_file_size(100_000))  # the mp4 is ~20 kB, the state ~500 kB
     assert proc.returncode == 2
     assert re.search(r"error: --save-state s\.safetensors: cannot write it \(File too large\); the stream state is "
                      r"lost, the video v\.mp4 is complete", proc.stderr)
-    assert read_video(tmp_path / "v.mp4")[0].shape[0] == 6
+    assert read_video(tmp_path / "v.mp4")[0].shape[0] == 9 + 12
     assert sorted(os.listdir(tmp_path)) == ["c", "v.mp4"] or sorted(os.listdir(tmp_path)) == ["v.mp4"]
 
 

@@ -21,7 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from e2e.test_browser import browser_ready, node_script  # noqa: F401 - fixture
+from sf_core.generate.bundle import decoder_class, load_bundle
 from sf_core.generate.files import default_model
+from sf_core.media.timing import chunks_for_frames, decoder_frame_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +36,11 @@ SCHEDULE = next(i for i, n in DEMO.items() if n["class_type"] == "SFPromptSchedu
 def _checkpoint_chunk_frames() -> int:
     with safe_open(str(default_model().checkpoint), "pt") as f:
         return json.loads(f.metadata()["sf_stream"])["chunk_frames"]
+
+
+def _frame_counts() -> tuple[int, int]:
+    """Video frames of the first and of every later chunk (the toy autoencoder has the Wan VAE's rule)."""
+    return decoder_frame_counts(decoder_class(default_model()), _checkpoint_chunk_frames())
 
 
 def _pngs(folder: Path) -> list[np.ndarray]:
@@ -67,17 +74,19 @@ def test_toy_demo_streams_every_chunk_and_matches_the_command_line(comfy, tmp_pa
 
     inputs = graph[SAMPLER]["inputs"]
     frames_total = round(inputs["length"] * inputs["fps"])
-    chunk_frames = _checkpoint_chunk_frames()  # the toy decoder: one video frame per latent frame
+    first, later = _frame_counts()   # 9, then 12 frames per chunk of 3 latent frames
     chunks = [m for m in messages if m.type == "sf.stream.chunk" and m.prompt_id == prompt_id]
-    assert [m.data["chunk_index"] for m in chunks] == list(range(-(-frames_total // chunk_frames)))
-    assert all(len(m.data["frames"]) == chunk_frames for m in chunks)
+    assert [m.data["chunk_index"] for m in chunks] == list(range(chunks_for_frames(frames_total, first, later)))
+    counts = [len(m.data["frames"]) for m in chunks]
+    assert counts[0] == first and set(counts[1:-1]) <= {later} and sum(counts) == frames_total, counts
     assert all((m.data["width"], m.data["height"]) == (inputs["width"], inputs["height"]) for m in chunks)
     assert chunks[-1].data["total_frames"] == frames_total
 
     out = comfy.base_dir / "output" / f"toy_{tag}"
     saved = comfy.history(prompt_id)["outputs"]["99"]["latents"][0]
     latent = load_file(str(comfy.base_dir / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
-    assert latent.shape == (1, 12, frames_total, inputs["height"] // 2, inputs["width"] // 2)  # raw [B, C, F, h, w]
+    channels = load_bundle(default_model(), "cpu", torch.float32, torch.float32).model.config.in_dim
+    assert latent.shape == (1, channels, 3 * len(chunks), inputs["height"] // 8, inputs["width"] // 8)  # [B, C, F, h, w]
     node_frames = _pngs(out / "demo_00001")
     assert len(node_frames) == frames_total
 
@@ -85,13 +94,14 @@ def test_toy_demo_streams_every_chunk_and_matches_the_command_line(comfy, tmp_pa
     assert len(cli_frames) == frames_total
     worst = max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(node_frames, cli_frames))
     assert worst <= 1, f"ComfyUI and the command line differ by up to {worst}/255 in a pixel"
-    # the latent decodes to the recorded frames (toy latents are pixels: space-to-depth ×2)
-    from sf_core.toy.render import from_latent
-    pixels = from_latent(latent.permute(0, 2, 1, 3, 4))[0].permute(0, 2, 3, 1)  # [F, H, W, 3] in [0, 1]
-    recorded = torch.from_numpy(np.stack(node_frames)).float() / 255
-    assert (pixels.clamp(0, 1) - recorded).abs().max() <= 1 / 255 + 1e-6
+    # the saved latent decodes (the shipped autoencoder, one shot) to the recorded frames
+    decoder = load_bundle(default_model(), "cpu", torch.float32, torch.float32).decoder
+    pixels = (decoder.decode_chunk(latent.permute(0, 2, 1, 3, 4))[0, :frames_total] + 1) / 2   # [F, 3, H, W]
+    recorded = torch.from_numpy(np.stack(node_frames)).float().permute(0, 3, 1, 2) / 255
+    assert (pixels - recorded).abs().max() <= 1 / 255 + 1e-5
     # the prompt switch at 3 s (new background colour) changes the picture: the second half differs from the first
-    assert np.abs(np.stack(node_frames[24:]).astype(int) - np.stack(node_frames[:24])).mean() > 1
+    half = round(3 * inputs["fps"])
+    assert np.abs(np.stack(node_frames[half:2 * half]).astype(int) - np.stack(node_frames[:half])).mean() > 1
 
 
 def test_toy_demo_plays_in_the_preview_widget(comfy, browser_ready, artifacts_dir, tmp_path):  # noqa: F811
@@ -106,7 +116,7 @@ def test_toy_demo_plays_in_the_preview_widget(comfy, browser_ready, artifacts_di
         shutil.copy(tmp_path / "preview_widget.png", REPO / "docs" / "images" / "toy_demo.png")
     stats = result["stats"]
     frames = round(graph[SAMPLER]["inputs"]["length"] * graph[SAMPLER]["inputs"]["fps"])
-    assert stats["chunks"] == -(-frames // _checkpoint_chunk_frames()) and stats["done"] == "finished"
+    assert stats["chunks"] == chunks_for_frames(frames, *_frame_counts()) and stats["done"] == "finished"
     assert stats["framesReceived"] == frames == stats["framesDrawn"]
-    assert (result["canvas"]["width"], result["canvas"]["height"]) == (16, 16)
+    assert (result["canvas"]["width"], result["canvas"]["height"]) == (64, 64)
     assert not result["errors"], result["errors"]

@@ -29,15 +29,15 @@ def _with_saved_latent(graph: dict, source: str) -> dict:
 
 
 def test_zero_download_v2v_workflow_restyles_the_samplers_frames(comfy, models):
-    graph = workflow("v2v_toy")  # the sampler shrunk to 2 chunks at 32×32: 6 toy frames
+    graph = workflow("v2v_toy")  # the sampler shrunk to 2 chunks at 32×32: 9 + 12 toy frames
     v2v = node_of(graph, "SFVideoToVideo")
     prompt_id, messages = run(comfy, graph)
     assert messages[-1].type == "execution_success", messages[-1].data
     text = report(comfy, prompt_id, v2v)
-    assert text.startswith("finished: 2/2 chunks, 6 frames 32×32"), text
+    assert text.startswith("finished: 2/2 chunks, 21 frames 32×32"), text
     chunks = [m for m in of_type(messages, "sf.stream.chunk", prompt_id) if m.data["node"] == v2v]
-    assert [len(m.data["frames"]) for m in chunks] == [3, 3]   # previewed live, chunk by chunk
-    assert video_frames(recording_of(text)) == 6
+    assert [len(m.data["frames"]) for m in chunks] == [9, 12]   # previewed live, chunk by chunk
+    assert video_frames(recording_of(text)) == 21
 
 
 def test_v2v_lora_workflow_keeps_the_input_length_with_a_partial_last_chunk(comfy, models):

@@ -30,11 +30,12 @@ def test_loader_gives_the_bundle_of_the_embedded_model(loaded):
 
 def test_toy_decoder_facts_reach_the_nodes(loaded):
     model, text_encoder, vae, _ = loaded
-    assert vae.spatial_stride == 2 and vae.frame_counts(3) == (3, 3)
-    latents = torch.rand(1, 2, 12, 4, 5)                      # [B, F, C, h, w]
+    assert vae.spatial_stride == 8 and vae.frame_counts(3) == (9, 12)   # the Wan VAE's geometry
+    channels = model.model.config.in_dim
+    latents = torch.rand(1, 2, channels, 4, 5)                # [B, F, C, h, w]
     assert torch.equal(vae.to_comfy_latent(latents), latents.permute(0, 2, 1, 3, 4))
     frames = vae.fresh_decoder().decode_chunk(latents)
-    assert frames.shape == (1, 2, 3, 8, 10)
+    assert frames.shape == (1, 5, 3, 32, 40)                  # 1 + 4 (2 - 1) frames
     (context,) = SFTextEncode().encode(text_encoder, "a blue square moves left on a teal background")
     assert context.embedding.shape[-1] == model.model.config.text_dim
     with pytest.raises(ValueError, match="toy text encoder: unknown words"):
@@ -45,8 +46,8 @@ def test_model_and_vae_of_different_worlds_are_refused(loaded):
     from sf_core.config import ModelConfig
 
     _, _, vae, _ = loaded
-    wan_like = CausalWanModel(ModelConfig(dim=32, ffn_dim=64, num_heads=1, num_layers=1, in_dim=16, out_dim=16,
+    wan_like = CausalWanModel(ModelConfig(dim=32, ffn_dim=64, num_heads=1, num_layers=1, in_dim=12, out_dim=12,
                                           text_dim=8, freq_dim=16, text_len=4))
-    with pytest.raises(ValueError, match="decodes 12-channel latents but the model makes 16-channel"):
+    with pytest.raises(ValueError, match="decodes 16-channel latents but the model makes 12-channel"):
         vae.check_model(wan_like)
     SFVAE(object(), "wan").check_model(wan_like)  # decoders that do not declare their channels are not checked

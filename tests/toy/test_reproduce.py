@@ -6,17 +6,18 @@ import math
 import pytest
 import torch
 
-from sf_core.generate.files import DEFAULT_ASSETS, from_manifest
+from sf_core.generate.bundle import decoder_class, load_bundle
+from sf_core.media.timing import decoder_frame_counts
+from sf_core.generate.files import DEFAULT_ASSETS, default_model, from_manifest
 from sf_core.weights.checkpoint import load_model
 from sf_core.config import ModelConfig
 from sf_core.model import CausalWanModel
 from sf_core.noise import SeededNoise
 from sf_core.pipeline import StreamingPipeline
 from sf_core.toy import reproduce
-from sf_core.toy.dataset import sample_batch
 from sf_core.toy.forcing_dmd import ForcingDMDObjective
-from sf_core.toy.metrics import evaluate_latents
-from sf_core.toy.text import ToyTextEncoder
+from sf_core.toy.metrics import evaluate
+from sf_core.toy.world import sample_scenes
 from sf_core.train.objectives import ObjectiveConfig, StepInfo, TrainBatch
 
 TINY = ModelConfig(dim=32, ffn_dim=64, num_heads=1, num_layers=1, in_dim=12, out_dim=12, text_dim=16,
@@ -109,27 +110,46 @@ def test_smoke_reproduction_runs_end_to_end(tmp_path):
     assert files.text_kind == "toy" and files.decoder_kind == "toy_pixels" and model.config.in_dim == 12
 
 
-def _frame_error(model, stream, prompts, frames, height, width):
-    text = ToyTextEncoder(**from_manifest(DEFAULT_ASSETS).text_options)
-    pipe = StreamingPipeline(model, stream)
-    state = pipe.start(text(prompts), height // 2 * 8, width // 2 * 8, noise=SeededNoise(7), max_frames=frames)
-    latents = torch.cat([c.latents for c in pipe.stream(state, frames // stream.chunk_frames)], 1)
-    return evaluate_latents(latents, prompts).clip["frame_error"]
+@pytest.mark.slow
+def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(tmp_path):
+    default = tmp_path / "default"
+    assert reproduce.main(["--profile", "smoke_autoencoder", "--only", "self_forcing_c3_rolling",
+                           "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.md"),
+                           "--export-default", str(default)]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "Ground truth through the autoencoder" in (tmp_path / "r.md").read_text()
+    assert math.isfinite(results["students"]["self_forcing_c3_rolling"]["metrics"]["2"]["adherence"]["mean"])
+    files = from_manifest(default)
+    assert files.decoder_kind == "toy_autoencoder" and files.defaults["width"] == 32
+    bundle = load_bundle(files, "cpu", torch.float32, torch.float32)
+    assert bundle.model.config.in_dim == bundle.decoder.latent_channels == 4
+    assert sorted(p.name for p in default.iterdir()) == ["decoder.safetensors", "manifest.json", "model.safetensors"]
+
+
+def _shipped_metrics(model, bundle, prompts, chunks):
+    """Stream `prompts` through `model` with the shipped bundle's text encoder and decoder -> ToyMetrics."""
+    h, w = default_model().defaults["height"], default_model().defaults["width"]
+    pipe = StreamingPipeline(model, bundle.stream_config, spatial_stride=bundle.decoder.spatial_stride)
+    state = pipe.start(bundle.encode(prompts), h, w, noise=SeededNoise(7), max_frames=chunks * 3)
+    decoder = bundle.decoder.clone()
+    decoder.reset()
+    frames = torch.cat([decoder.decode_chunk(c.latents) for c in pipe.stream(state, chunks)], 1)
+    return evaluate((frames + 1) / 2, prompts)
 
 
 def test_shipped_default_beats_an_untrained_model():
-    files = from_manifest(DEFAULT_ASSETS)
-    model, stream = load_model(files.checkpoint)
-    assert files.checkpoint.stat().st_size < 8 * 2 ** 20
-    h, w = files.defaults["height"], files.defaults["width"]
-    prompts, _ = sample_batch(6, 1, seed=424242, height=h, width=w)
-    frames = 3 * stream.chunk_frames
-    trained = _frame_error(model.eval(), stream, prompts, frames, h, w)
+    files = default_model()
+    bundle = load_bundle(files, "cpu", torch.float32, torch.float32)
+    shipped = sum(p.stat().st_size for p in DEFAULT_ASSETS.iterdir())
+    assert shipped <= 10 * 2 ** 20, f"the embedded default is {shipped / 2 ** 20:.1f} MB, the budget 10 MB"
+    prompts = [s.prompt for s in sample_scenes(6, seed=424242)]     # neither training nor evaluation prompts
+    trained = _shipped_metrics(bundle.model, bundle, prompts, 3).clip
     torch.manual_seed(0)
-    untrained = _frame_error(CausalWanModel(model.config, attention="sdpa").eval(), stream, prompts, frames, h, w)
-    # every single clip is better, and on average by a wide margin
-    assert (trained < untrained).all(), (trained, untrained)
-    assert trained.mean() < 0.7 * untrained.mean(), (trained, untrained)
+    untrained = _shipped_metrics(CausalWanModel(bundle.model.config, attention="sdpa").eval(), bundle, prompts, 3).clip
+    # every single clip is closer to a valid frame of its prompt, and on average by a wide margin
+    assert (trained["frame_error"] < untrained["frame_error"]).all(), (trained["frame_error"], untrained["frame_error"])
+    assert trained["frame_error"].mean() < 0.7 * untrained["frame_error"].mean()
+    assert trained["adherence"].mean() > untrained["adherence"].mean() + 0.3, (trained["adherence"], untrained["adherence"])
 
 
 def test_generate_without_model_arguments_streams_the_shipped_toy_model(tmp_path, capsys):
@@ -141,4 +161,5 @@ def test_generate_without_model_arguments_streams_the_shipped_toy_model(tmp_path
     assert "embedded toy model" in capsys.readouterr().err
     frames, fps = read_video(tmp_path / "d.mp4")
     d = files.defaults
-    assert frames.shape == (2 * stream.chunk_frames, d["height"], d["width"], 3) and fps == pytest.approx(d["fps"])
+    first, later = decoder_frame_counts(decoder_class(files), stream.chunk_frames)   # 9, then 12 frames
+    assert frames.shape == (first + later, d["height"], d["width"], 3) and fps == pytest.approx(d["fps"])
