@@ -202,13 +202,15 @@ def training_clips(batch: int, seed: int, step: int, height: int, width: int,
     return render(scenes, frames, start_frame=start, height=height, width=width) * 2 - 1
 
 
-def reconstruction_loss(model: ToyAutoencoder, clips: torch.Tensor, noise: float, gen: torch.Generator | None):
+def reconstruction_loss(model: ToyAutoencoder, clips: torch.Tensor, noise: float, gen: torch.Generator | None,
+                        frozen_encoder: bool = False):
     """L1 + MSE + L1 of the image gradients, of clips [B, 1 + 4k, 3, H, W] through encode -> (noisy raw
     latents) -> decode."""
     b = clips.shape[0]
     padded = torch.cat([clips[:, :1].expand(-1, TEMPORAL_STRIDE - 1, -1, -1, -1), clips], 1)
     groups = padded.reshape(-1, TEMPORAL_STRIDE, *clips.shape[2:])
-    raw = model.encode_groups(groups)                                        # [B·G, C, h, w]
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
+        raw = model.encode_groups(groups)                                    # [B·G, C, h, w]
     if noise > 0:
         raw = raw + noise * torch.randn(raw.shape, generator=gen, device=raw.device)
     raw = raw.reshape(b, -1, *raw.shape[1:])
@@ -246,3 +248,48 @@ def train_autoencoder(steps: int, batch: int = 16, height: int = 64, width: int 
         model.latent_mean.copy_(raw.mean((0, 2, 3)))
         model.latent_std.copy_(raw.std((0, 2, 3)).clamp(min=1e-3))
     return model
+
+
+def finetune_decoder(model: ToyAutoencoder, steps: int, batch: int = 8, height: int = 64, width: int = 64,
+                     seed: int = 0, noise: float = 0.03, lr: float = 1e-3, log: Callable[[str], None] = print,
+                     device: torch.device | str = "cpu") -> ToyAutoencoder:
+    """Train the decoder alone on the frozen encoder's latents. The latent space does not move, so a DiT
+    trained on it stays valid: the decoder can be refined (sharper outlines) after the video model."""
+    model = model.to(device).train()
+    model.encoder.requires_grad_(False)
+    model.decoder.requires_grad_(True)
+    opt = torch.optim.AdamW(model.decoder.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    gen = torch.Generator(device=device).manual_seed(seed + 2)
+    began = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        clips = training_clips(batch, seed + 3, step, height, width).to(device)   # fresh clips, not phase 1's
+        loss = reconstruction_loss(model, clips, noise, gen, frozen_encoder=True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
+        opt.step()
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            log(f"decoder step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - began:.0f} s)")
+    return model.eval().requires_grad_(False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m sf_core.toy.autoencoder",
+                                 description="refine the decoder of a toy autoencoder file (encoder frozen)")
+    ap.add_argument("file", type=Path, help="an autoencoder .safetensors (rewritten in place unless --out)")
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--noise", type=float, default=0.03, help="std of the noise on the raw latents")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    model = finetune_decoder(load_autoencoder(args.file), args.steps, seed=args.seed, noise=args.noise,
+                             log=lambda m: print(m, flush=True))
+    save_autoencoder(model, args.out or args.file)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

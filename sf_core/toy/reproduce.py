@@ -155,8 +155,9 @@ class Run:
         if profile.latent == "pixels":
             self.use_space(PIXELS)   # the autoencoder space is set once its stage has run
 
-    def use_space(self, space) -> None:
-        """Train and evaluate in `space` (sf_core.toy.latents); encodes the data pool when the profile has one."""
+    def use_space(self, space, pool: bool = True) -> None:
+        """Train and evaluate in `space` (sf_core.toy.latents); encodes the data pool when the profile has one
+        (and `pool`: evaluation alone needs none)."""
         p = self.p
         self.space = space
         self.latent = (space.channels, p.height // space.spatial_stride, p.width // space.spatial_stride)
@@ -164,7 +165,7 @@ class Run:
                                         num_layers=p.num_layers, in_dim=space.channels, out_dim=space.channels,
                                         text_dim=self.text.text_dim, freq_dim=64, text_len=self.text.max_len)
         self.pool = None
-        if p.data_pool:
+        if p.data_pool and pool:
             parts = [sample_batch(64, p.frames, TRAIN_SEED + p.seed, i, p.height, p.width, space=space)
                      for i in range(0, p.data_pool, 64)]
             self.pool = ([q for prompts, _ in parts for q in prompts], torch.cat([x for _, x in parts]))
@@ -404,7 +405,8 @@ def results_markdown(results: dict) -> str:
              f"Training length {p['frames']} latent frames of {p['height']}×{p['width']} px "
              f"({'learned autoencoder latents, stride 8 × 4' if p.get('latent') == 'autoencoder' else 'exact pixel latents'}); model dim {p['dim']}, "
              f"{p['num_layers']} layers; {p['eval_samples']} held-out prompts (scene seed {EVAL_SEED + p['seed']}); "
-             "mean ± half-width of the 95% t-interval over clips.", ""]
+             "mean ± half-width of the 95% t-interval over clips."
+             + (f" Scored again by `{meta['rescored']['command']}`." if "rescored" in meta else ""), ""]
     header = "| model | chunk | length | " + " | ".join(h for _, h in TABLE_METRICS) + " |"
     rule = "|" + "---|" * (3 + len(TABLE_METRICS))
     for mult in [str(m) for m in p["eval_lengths"]]:
@@ -468,15 +470,7 @@ def reproduce(profile: Profile, device: str, out: Path, report: Path, command: s
         inits = {c: ode_init(run, teacher, trajs, ctxs, c) for c in chunks}
         lap("ode")
     prompts = eval_prompts(run)
-    scenes = sample_scenes(profile.eval_samples, EVAL_SEED + profile.seed)
-    truth = render(scenes, run.space.pixel_frames(profile.frames), height=profile.height, width=profile.width)
-    references = {"ground_truth": {"label": "Ground truth (renderer)", "metrics": score(truth, prompts)}}
-    if profile.latent == "autoencoder":
-        references["reconstruction"] = {"label": "Ground truth through the autoencoder",
-                                        "metrics": score(run.pixels(run.space.encode(truth)), prompts)}
-    references["teacher"] = {"label": f"Teacher (bidirectional, 48 Euler steps, CFG {run.p.ode_guidance:g})",
-                             "metrics": score(run.pixels(teacher_samples(run, teacher, prompts)), prompts)}
-    results = {"references": references, "students": {}}
+    results = {"references": reference_metrics(run, teacher, prompts), "students": {}}
     train_time = eval_time = 0.0
     for s in chosen:
         t0 = time.perf_counter()
@@ -495,6 +489,44 @@ def reproduce(profile: Profile, device: str, out: Path, report: Path, command: s
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, report)
     run.log(f"done in {results['meta']['wall_time_s'] / 60:.1f} min; table in {report}")
+    return results
+
+
+def reference_metrics(run: Run, teacher: CausalWanModel, prompts: list[str]) -> dict:
+    """Ground truth, its autoencoder reconstruction (learned latents only) and the teacher, at 1×."""
+    p = run.p
+    scenes = sample_scenes(p.eval_samples, EVAL_SEED + p.seed)
+    truth = render(scenes, run.space.pixel_frames(p.frames), height=p.height, width=p.width)
+    references = {"ground_truth": {"label": "Ground truth (renderer)", "metrics": score(truth, prompts)}}
+    if p.latent == "autoencoder":
+        references["reconstruction"] = {"label": "Ground truth through the autoencoder",
+                                        "metrics": score(run.pixels(run.space.encode(truth)), prompts)}
+    references["teacher"] = {"label": f"Teacher (bidirectional, 48 Euler steps, CFG {p.ode_guidance:g})",
+                             "metrics": score(run.pixels(teacher_samples(run, teacher, prompts)), prompts)}
+    return references
+
+
+def rescore(out: Path, report: Path, command: str, device: str = "cpu") -> dict:
+    """Evaluate a finished run's checkpoints again (e.g. after refining its decoder with
+    `python -m sf_core.toy.autoencoder`), keeping its training record; rewrites results.json and `report`."""
+    results = json.loads((out / "results.json").read_text())
+    profile = Profile(**{**results["meta"]["profile"], "eval_lengths": tuple(results["meta"]["profile"]["eval_lengths"])})
+    began = time.perf_counter()
+    run = Run(profile, device, out)
+    if profile.latent == "autoencoder":
+        run.use_space(AutoencoderSpace(load_autoencoder(out / "checkpoints" / "autoencoder.safetensors", run.device)),
+                      pool=False)
+    load = lambda name: load_model(out / "checkpoints" / f"{name}.safetensors", device=run.device)[0].eval()
+    prompts = eval_prompts(run)
+    results["references"] = reference_metrics(run, load("teacher"), prompts)
+    by_key = {s.key: s for s in students()}
+    for key, r in results["students"].items():
+        r["metrics"] = evaluate_student(run, by_key[key], load(key), prompts)
+        run.log(f"{key} rescored: adherence " + ", ".join(f"{m}x {r['metrics'][m]['adherence']['mean']:.3f}"
+                                                           for m in r["metrics"]))
+    results["meta"]["rescored"] = {"command": command, "wall_time_s": time.perf_counter() - began}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_report(results, report)
     return results
 
 
@@ -548,11 +580,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-samples", type=int, default=None, help="override the profile's held-out prompt count")
     ap.add_argument("--dmd-guidance", type=float, default=None,
                     help="override the real score's CFG in DMD, cond + g·(cond − uncond) (profile default 0)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="evaluate the checkpoints of the finished run in --out again (no training)")
     ap.add_argument("--rewrite-report", action="store_true",
                     help="only rewrite --report from <out>/results.json (no training)")
     args = ap.parse_args(argv)
     if args.rewrite_report:
         write_report(json.loads((args.out / "results.json").read_text()), args.report)
+        return 0
+    command = "python -m sf_core.toy.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.rescore:
+        results = rescore(args.out, args.report, command.strip(), args.device)
+        if args.export_default is not None:
+            export_default(results, args.out, args.export_default)
         return 0
     profile = PROFILES[args.profile]
     overrides = {k: v for k, v in (("seed", args.seed), ("dmd_steps", args.dmd_steps),
@@ -565,7 +605,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--only: unknown students {unknown}; known: {[s.key for s in students()]}")
     if args.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    command = "python -m sf_core.toy.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
     results = reproduce(profile, args.device, args.out, args.report, command.strip(), args.init_from, only)
     if args.export_default is not None:
         export_default(results, args.out, args.export_default)

@@ -9,8 +9,8 @@ from sf_core.generate.bundle import decoder_class, load_bundle
 from sf_core.generate.files import from_manifest
 from sf_core.media.timing import decoder_frame_counts
 from sf_core.toy.autoencoder import (AutoencoderConfig, ToyAutoencoder, ToyAutoencoderDecoder, ToyAutoencoderEncoder,
-                                     load_autoencoder, reconstruction_loss, save_autoencoder, train_autoencoder,
-                                     training_clips)
+                                     finetune_decoder, load_autoencoder, reconstruction_loss, save_autoencoder,
+                                     train_autoencoder, training_clips)
 from sf_core.vae.encoders import encoder_for
 from sf_core.weights.files import WeightsError
 
@@ -94,6 +94,24 @@ def test_training_reduces_the_reconstruction_error():
     raw = trained.encode_groups(clips[:, 1:].reshape(-1, 4, 3, 32, 32))
     normalised = trained.normalise(raw)                   # the normalisation makes latents ~ unit scale
     assert 0.3 < normalised.std() < 3
+
+
+def test_decoder_finetuning_keeps_the_latent_space_and_lowers_the_error(tmp_path):
+    model = _model()
+    clips = training_clips(4, 999, 0, 32, 32)
+    latents = model.encode(clips)
+    with torch.no_grad():
+        before = reconstruction_loss(model, clips, 0.0, None)
+    path = save_autoencoder(model, tmp_path / "ae.safetensors")
+    from sf_core.toy.autoencoder import main
+    assert main([str(path), "--steps", "30", "--out", str(tmp_path / "ft.safetensors")]) == 0
+    tuned = load_autoencoder(tmp_path / "ft.safetensors")
+    # the encoder (and so every latent a DiT was trained on) is unchanged, up to the file's float16
+    torch.testing.assert_close(tuned.encode(clips), load_autoencoder(path).encode(clips), atol=0, rtol=0)
+    torch.testing.assert_close(tuned.encode(clips), latents, atol=5e-2, rtol=0)
+    with torch.no_grad():
+        after = reconstruction_loss(tuned, clips, 0.0, None)
+    assert after < 0.8 * before, (before, after)
 
 
 def test_a_bundle_with_the_autoencoder_loads_and_names_a_bad_file(tmp_path):

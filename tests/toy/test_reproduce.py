@@ -124,6 +124,11 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
     bundle = load_bundle(files, "cpu", torch.float32, torch.float32)
     assert bundle.model.config.in_dim == bundle.decoder.latent_channels == 4
     assert sorted(p.name for p in default.iterdir()) == ["decoder.safetensors", "manifest.json", "model.safetensors"]
+    # scoring the run again (after a decoder refinement) keeps its training record and notes the rescoring
+    assert reproduce.main(["--rescore", "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.md")]) == 0
+    again = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert again["meta"]["stage_times_s"] == results["meta"]["stage_times_s"] and "rescored" in again["meta"]
+    assert "Scored again by `python -m sf_core.toy.reproduce --rescore" in (tmp_path / "r.md").read_text()
 
 
 def _shipped_metrics(model, bundle, prompts, chunks):
