@@ -14,6 +14,8 @@ Real renders score ~0 error / accuracy 1. Per-frame curves ``[B, F]`` (NaN where
                        prompt colour (1 = exact, 0 = dissolved into the background);
 - ``presence``         fraction of prompt objects found in the frame (a dissolved object is not found);
 - ``flicker``          RMSE of the frame-to-frame change not explained by the fitted frames (NaN at t = 0);
+- ``brightness``       mean of frame − fitted frame over pixels and channels, signed (> 0 brighter than a
+                       valid frame); its growth over a clip is the brightness drift;
 - ``motion_error``     pixels between each visible object's fitted state and the closest trajectory of its
                        prompted motion within the domain's parameter ranges (a frozen mover drifts away);
 - ``shape_accuracy`` / ``colour_accuracy``  fraction of visible objects whose shape / nearest palette colour
@@ -21,7 +23,8 @@ Real renders score ~0 error / accuracy 1. Per-frame curves ``[B, F]`` (NaN where
 
 Per clip: the NaN-mean of each curve; ``motion_accuracy`` (fraction of objects whose best-fitting motion
 family is the prompted one); ``adherence`` (mean of the three accuracies); and error accumulation
-``<curve>_early / _late / _growth / _slope`` for frame, colour and motion error and flicker (:func:`accumulation`).
+``<curve>_early / _late / _growth / _slope`` for frame, colour and motion error, flicker and brightness
+(:func:`accumulation`).
 Aggregate over clips with :func:`summarize` (t or bootstrap confidence intervals).
 """
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .render import SceneBatch, background_image, composite, coverage, from_late
 from .stats import Estimate, mean_ci
 from .world import OBJECT_COLOURS, SIZE_LIMITS, SHAPES, Scene, SceneSpec, parse_prompt, scene_for
 
-ACCUMULATION_CURVES = ("frame_error", "colour_error", "motion_error", "flicker")
+ACCUMULATION_CURVES = ("frame_error", "colour_error", "motion_error", "flicker", "brightness")
 
 
 @dataclass
@@ -99,7 +102,8 @@ def evaluate(frames: torch.Tensor, prompts: list, steps: int = 10, window: int |
     batch = _as_batch(prompts).to(frames.device)
     fit = fit_frames(frames, batch, steps=steps)
     bg = background_image(batch.background, h, w)                             # [B, 3, H, W]
-    curves = {"frame_error": ((frames - fit.frames) ** 2).mean((2, 3, 4)).sqrt()}
+    curves = {"frame_error": ((frames - fit.frames) ** 2).mean((2, 3, 4)).sqrt(),
+              "brightness": (frames - fit.frames).mean((2, 3, 4))}
     empty = (fit.cover.sum(1) == 0).unsqueeze(2)                                # [B, F, 1, H, W]
     sq = ((frames - bg.unsqueeze(1)) ** 2 * empty).sum((2, 3, 4))
     curves["background_error"] = (sq / (3 * empty.sum((2, 3, 4))).clamp(min=1)).sqrt()

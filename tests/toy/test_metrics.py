@@ -121,6 +121,17 @@ def test_error_accumulation_separates_drift_from_constant_error():
     assert m["frame_error"][d].mean() == pytest.approx(m["frame_error"][c].mean(), rel=0.25)
 
 
+def test_brightness_drift_is_measured_with_its_sign():
+    scenes = sample_scenes(3, 6)
+    video = render(scenes, 24) * 0.8                     # headroom so the brightening is not clamped away
+    ramp = torch.linspace(0, 0.15, 24).view(1, -1, 1, 1, 1)
+    m = evaluate(torch.cat([video + ramp, video - ramp, video]), [s.prompt for s in scenes] * 3,
+                 ).clip
+    up, down, still = slice(0, 3), slice(3, 6), slice(6, 9)
+    assert torch.all(m["brightness_growth"][up] > 0.05) and torch.all(m["brightness_growth"][down] < -0.05)
+    assert torch.all(m["brightness_growth"][still].abs() < 0.01)
+
+
 def test_accumulation_of_known_curves():
     t = torch.arange(20.0)
     curve = torch.stack([2 + 0.5 * t, torch.full_like(t, 3.0)])
