@@ -2,6 +2,8 @@
 
 Stages (all seeded; checkpoints in `<out>/checkpoints/*.safetensors`, loadable with `load_model`):
 
+0. the latent space: exact pixels (profiles quick / full), or a learned causal autoencoder trained on the
+   renderer's frames (profile default: 64×64 px, stride 8 × 4, :mod:`sf_core.toy.autoencoder`);
 1. teacher: a bidirectional many-step CausalWanModel (no cache) trained with flow matching on toy clips,
    the condition dropped to zeros 10% of the time so it supports classifier-free guidance;
 2. ODE pairs from the teacher (48 Euler steps, shift 5, CFG, states kept at [0, 12, 24, 36, -1]) and an
@@ -12,6 +14,9 @@ Stages (all seeded; checkpoints in `<out>/checkpoints/*.safetensors`, loadable w
 4. evaluation with the exact metrics (:mod:`sf_core.toy.metrics`) on held-out prompts at the training length
    (global cache) and at 3× and 10× it (rolling cache of `frames - chunk` frames);
 5. `docs/reproduction.md`: the generated part between the result markers is replaced, the rest is kept.
+
+`--rescore` evaluates a finished run's checkpoints again (e.g. after refining its decoder), and
+`sf_core.toy.seeds` summarises runs of several `--seed`s.
 
 A compact single-process driver: AdamW with betas (0, 0.999) for students and critics, gradient clipping,
 `critic_updates_per_generator` critic steps before each generator step (sf_core.train.objectives).
@@ -41,7 +46,6 @@ from ..train.objectives import ObjectiveConfig, StepInfo, TrainBatch, build_obje
 from ..train.ode_pairs import generate_ode_trajectory, kept_timesteps, save_ode_pairs
 from ..scheduler import FlowMatchScheduler
 from .dataset import sample_batch
-from .world import sample_scenes
 from .autoencoder import AutoencoderConfig, load_autoencoder, save_autoencoder, train_autoencoder
 from .forcing_dmd import ForcingDMDObjective
 from .latents import PIXELS, AutoencoderSpace
@@ -49,6 +53,7 @@ from .metrics import evaluate, summarize
 from .render import render
 from .seeds import replace_block
 from .text import ToyTextEncoder
+from .world import sample_scenes
 
 TRAIN_SEED, EVAL_SEED = 0, 1_000_000       # scene streams: training clips / held-out evaluation prompts
 ODE_KEEP = (0, 12, 24, 36, -1)
@@ -56,7 +61,8 @@ RESULTS_START, RESULTS_END = "<!-- reproduction:results:start -->", "<!-- reprod
 TABLE_METRICS = (("frame_error", "frame err ↓"), ("colour_error", "colour err ↓"),
                  ("motion_error", "motion err (px) ↓"), ("adherence", "adherence ↑"),
                  ("sharpness", "sharpness (1 = exact)"), ("flicker", "flicker ↓"),
-                 ("frame_error_growth", "frame-err growth ↓"))
+                 ("frame_error_growth", "frame-err growth ↓"), ("colour_error_growth", "colour-err growth ↓"),
+                 ("brightness_growth", "brightness drift (→ 0)"))
 
 
 @dataclass(frozen=True)
