@@ -43,6 +43,12 @@ def _frame_counts() -> tuple[int, int]:
     return decoder_frame_counts(decoder_class(default_model()), _checkpoint_chunk_frames())
 
 
+def _streamed_frames(wanted: int) -> int:
+    """Frames a stream of `wanted` frames makes: it runs whole chunks (the last one is not cut)."""
+    first, later = _frame_counts()
+    return first + later * (chunks_for_frames(wanted, first, later) - 1)
+
+
 def _pngs(folder: Path) -> list[np.ndarray]:
     return [np.asarray(Image.open(p)) for p in sorted(folder.glob("frame_*.png"))]
 
@@ -73,12 +79,12 @@ def test_toy_demo_streams_every_chunk_and_matches_the_command_line(comfy, tmp_pa
     assert messages[-1].type == "execution_success", messages[-1].data
 
     inputs = graph[SAMPLER]["inputs"]
-    frames_total = round(inputs["length"] * inputs["fps"])
     first, later = _frame_counts()   # 9, then 12 frames per chunk of 3 latent frames
+    wanted = round(inputs["length"] * inputs["fps"])   # 6 s -> 96 frames
+    frames_total = _streamed_frames(wanted)             # the node streams and records whole chunks: 105
     chunks = [m for m in messages if m.type == "sf.stream.chunk" and m.prompt_id == prompt_id]
-    assert [m.data["chunk_index"] for m in chunks] == list(range(chunks_for_frames(frames_total, first, later)))
-    counts = [len(m.data["frames"]) for m in chunks]
-    assert counts[0] == first and set(counts[1:-1]) <= {later} and sum(counts) == frames_total, counts
+    assert [len(m.data["frames"]) for m in chunks] == [first] + [later] * (len(chunks) - 1)
+    assert [m.data["chunk_index"] for m in chunks] == list(range(len(chunks)))
     assert all((m.data["width"], m.data["height"]) == (inputs["width"], inputs["height"]) for m in chunks)
     assert chunks[-1].data["total_frames"] == frames_total
 
@@ -86,18 +92,22 @@ def test_toy_demo_streams_every_chunk_and_matches_the_command_line(comfy, tmp_pa
     saved = comfy.history(prompt_id)["outputs"]["99"]["latents"][0]
     latent = load_file(str(comfy.base_dir / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
     channels = load_bundle(default_model(), "cpu", torch.float32, torch.float32).model.config.in_dim
-    assert latent.shape == (1, channels, 3 * len(chunks), inputs["height"] // 8, inputs["width"] // 8)  # [B, C, F, h, w]
+    kept = min(3 * len(chunks), 21)   # the LATENT output holds the last 81 frames' latents ("last frames", 81)
+    assert latent.shape == (1, channels, kept, inputs["height"] // 8, inputs["width"] // 8)  # [B, C, F, h, w]
     node_frames = _pngs(out / "demo_00001")
     assert len(node_frames) == frames_total
 
     cli_frames = _cli_run(tmp_path)
-    assert len(cli_frames) == frames_total
+    assert len(cli_frames) == wanted   # the command line cuts its recording to --seconds
     worst = max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(node_frames, cli_frames))
     assert worst <= 1, f"ComfyUI and the command line differ by up to {worst}/255 in a pixel"
-    # the saved latent decodes (the shipped autoencoder, one shot) to the recorded frames
+    # the saved latents decode (the shipped autoencoder, one shot) to the last recorded frames; the window's
+    # first latent is left out: one shot, the decoder lacks its predecessor
     decoder = load_bundle(default_model(), "cpu", torch.float32, torch.float32).decoder
-    pixels = (decoder.decode_chunk(latent.permute(0, 2, 1, 3, 4))[0, :frames_total] + 1) / 2   # [F, 3, H, W]
-    recorded = torch.from_numpy(np.stack(node_frames)).float().permute(0, 3, 1, 2) / 255
+    pixels = (decoder.decode_chunk(latent.permute(0, 2, 1, 3, 4))[0, 1:] + 1) / 2   # [4 (kept - 1), 3, H, W]
+    start = frames_total - len(pixels)                  # stream frame of pixels[0]
+    recorded = torch.from_numpy(np.stack(node_frames[start:])).float().permute(0, 3, 1, 2) / 255
+    pixels = pixels[:len(recorded)]
     assert (pixels - recorded).abs().max() <= 1 / 255 + 1e-5
     # the prompt switch at 3 s (new background colour) changes the picture: the second half differs from the first
     half = round(3 * inputs["fps"])
@@ -115,7 +125,7 @@ def test_toy_demo_plays_in_the_preview_widget(comfy, browser_ready, artifacts_di
     if os.environ.get("SF_UPDATE_SCREENSHOTS") == "1" and comfy.host.primary:
         shutil.copy(tmp_path / "preview_widget.png", REPO / "docs" / "images" / "toy_demo.png")
     stats = result["stats"]
-    frames = round(graph[SAMPLER]["inputs"]["length"] * graph[SAMPLER]["inputs"]["fps"])
+    frames = _streamed_frames(round(graph[SAMPLER]["inputs"]["length"] * graph[SAMPLER]["inputs"]["fps"]))
     assert stats["chunks"] == chunks_for_frames(frames, *_frame_counts()) and stats["done"] == "finished"
     assert stats["framesReceived"] == frames == stats["framesDrawn"]
     assert (result["canvas"]["width"], result["canvas"]["height"]) == (64, 64)
