@@ -11,9 +11,11 @@ four copies of itself), every later latent frame encodes the next four frames, s
               --depth-to-space 2--> 4 frames [4, 3, H, W]
 
 The decoder's only memory is the previous latent frame (zeros before the first), so streamed decoding
-equals one-shot decoding exactly. It is trained on the toy renderer's frames with Gaussian noise on the
-raw latents, which makes it forgiving of the DiT's small latent errors (clean, flat shapes come out of
-slightly-off latents). Weights and config: one safetensors file (:func:`save_autoencoder`).
+equals one-shot decoding exactly. It is trained on the toy renderer's frames (L1 + MSE + L1 of the image
+gradients) with Gaussian noise on the raw latents, which makes it forgiving of the DiT's small latent errors;
+:func:`finetune_decoder` refines the decoder alone later without moving the latent space. At the size the
+embedded default ships (a few thousand CPU steps) it still blurs outlines (docs/reproduction.md).
+Weights and config: one safetensors file (:func:`save_autoencoder`).
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
 
 
 def _block(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
-    """conv -> GroupNorm(8) -> SiLU (without the norm the net trains several times slower here)."""
+    """conv -> GroupNorm(8) -> SiLU (without the norm this net's loss stalled at ~2.5× the normed one's)."""
     return nn.Sequential(_conv(cin, cout, k, stride), nn.GroupNorm(8, cout), nn.SiLU())
 
 
