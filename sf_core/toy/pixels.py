@@ -1,4 +1,5 @@
-"""The exact pixel latent space's decoder (reproduction profiles): latents are the pixels (space-to-depth ×2), one frame each."""
+"""The exact pixel latent space's decoder (reproduction profiles): latents are the pixels (space-to-depth ×2),
+one frame each."""
 from __future__ import annotations
 
 import torch
