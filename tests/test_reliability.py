@@ -472,13 +472,29 @@ def test_state_check_names_what_differs(models):
 
 
 def test_a_signal_while_outputs_are_claimed_leaves_no_file(tmp_path, monkeypatch):
-    """SIGTERM right after a claim created its file (before the run recorded it): the file is still removed."""
+    """SIGTERM right after a claim created its file (before the run recorded it): the file is still removed.
+
+    The signal is sent from another thread, so the kernel may deliver it to any thread of the process (as in a
+    full test run, where other threads exist): blocking it in the main thread alone would not hold it."""
+    import threading
+
     from sf_core.generate import outputs as run_outputs
     real_claim = run_outputs.outputs.claim_file
 
+    go, sent = threading.Event(), threading.Event()
+
+    def send():   # a thread started before the claim: its signal mask is not the main thread's
+        go.wait(30)
+        os.kill(os.getpid(), signal.SIGTERM)
+        sent.set()
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+
     def claim_then_signal(*args, **kwargs):
         claim = real_claim(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
+        go.set()
+        sent.wait(30)
         return claim
 
     def interrupt(signum, frame):

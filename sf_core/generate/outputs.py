@@ -22,16 +22,25 @@ FRAME_NAME = "frame_{:06d}.png"
 
 @contextmanager
 def _signals_deferred():
-    """Hold SIGINT / SIGTERM (delivered when the block ends) so a claim is never created but unrecorded."""
+    """Hold SIGINT / SIGTERM (delivered when the block ends) so a claim is never created but unrecorded.
+
+    Python-level: the handlers are swapped for one that only notes the signal. (Blocking the main thread's
+    signal mask is not enough: the kernel may hand a process-wide signal to any other thread, and Python
+    then runs the handler in the main thread at once.)
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for s in dict.fromkeys(pending):
+            signal.raise_signal(s)
 
 
 def _same_file(a: Path | None, b: Path | None) -> bool:
