@@ -78,21 +78,27 @@ class ToyAutoencoder(nn.Module):
         x = F.pixel_unshuffle(groups.reshape(n, 12, h, w), 2)
         return torch.tanh(self.encoder(x))
 
-    def encode(self, frames: torch.Tensor, first: bool = True) -> torch.Tensor:
-        """Normalised latents of [B, T, 3, H, W] in [-1, 1]: T = 1 + 4k -> [B, 1 + k, C, h, w] when `first`
-        (frame 0 alone), T = 4k -> [B, k, C, h, w] for a continuation."""
+    def encode_raw(self, frames: torch.Tensor, first: bool = True) -> torch.Tensor:
+        """Raw latents of [B, T, 3, H, W] in [-1, 1]: T = 1 + 4k -> [B, 1 + k, C, h, w] when `first` (frame 0
+        alone: a group of four copies of itself), T = 4k -> [B, k, C, h, w] for a continuation."""
         b, t = frames.shape[:2]
         if first:
             frames = torch.cat([frames[:, :1].expand(-1, TEMPORAL_STRIDE - 1, -1, -1, -1), frames], 1)
         if frames.shape[1] % TEMPORAL_STRIDE:
             expected = "1 + 4k" if first else "a multiple of 4"
             raise ValueError(f"toy autoencoder: {t} frames to encode, expected {expected}")
-        groups = frames.reshape(-1, TEMPORAL_STRIDE, *frames.shape[2:])
-        raw = self.encode_groups(groups)
-        return self.normalise(raw).reshape(b, -1, *raw.shape[1:])
+        raw = self.encode_groups(frames.reshape(-1, TEMPORAL_STRIDE, *frames.shape[2:]))
+        return raw.reshape(b, -1, *raw.shape[1:])
+
+    def encode(self, frames: torch.Tensor, first: bool = True) -> torch.Tensor:
+        """Normalised latents (:meth:`encode_raw`, then per-channel normalisation)."""
+        return self.normalise(self.encode_raw(frames, first))
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.latent_mean.view(-1, 1, 1)) / self.latent_std.view(-1, 1, 1)
+
+    def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.float() * self.latent_std.view(-1, 1, 1) + self.latent_mean.view(-1, 1, 1)
 
     # -- decoder ---------------------------------------------------------------------------------------------
     def decode_raw(self, raw: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -100,15 +106,19 @@ class ToyAutoencoder(nn.Module):
         x = F.pixel_shuffle(self.decoder(torch.cat([raw, previous], 1)), 2)   # [N, 12, 8h, 8w]
         return x.reshape(x.shape[0], TEMPORAL_STRIDE, 3, *x.shape[-2:])
 
-    def decode(self, latents: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised [B, F, C, h, w] -> frames [B, T, 3, 8h, 8w] in [-1, 1]; `previous` = the raw latent before
-        `latents[:, 0]` ([B, C, h, w]) or None at the start of a stream, where T = 4F − 3 (else 4F)."""
-        b, f, c, h, w = latents.shape
-        raw = latents.float() * self.latent_std.view(-1, 1, 1) + self.latent_mean.view(-1, 1, 1)
-        start = raw.new_zeros(b, 1, c, h, w) if previous is None else previous.float().unsqueeze(1)
+    def decode_sequence(self, raw: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw [B, F, C, h, w] -> all 4F frames [B, 4F, 3, 8h, 8w], not clamped; `previous` = the raw latent
+        before `raw[:, 0]` ([B, C, h, w]), None (zeros) at the start of a stream."""
+        b, f, c, h, w = raw.shape
+        start = raw.new_zeros(b, 1, c, h, w) if previous is None else previous.to(raw.dtype).unsqueeze(1)
         before = torch.cat([start, raw[:, :-1]], 1)
         out = self.decode_raw(raw.reshape(-1, c, h, w), before.reshape(-1, c, h, w))
-        out = out.reshape(b, f * TEMPORAL_STRIDE, *out.shape[2:]).clamp(-1, 1)
+        return out.reshape(b, f * TEMPORAL_STRIDE, *out.shape[2:])
+
+    def decode(self, latents: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised [B, F, C, h, w] -> frames [B, T, 3, 8h, 8w] in [-1, 1]; T = 4F − 3 at the start of a
+        stream (`previous` None: frame 0's group gives one frame), else 4F."""
+        out = self.decode_sequence(self.denormalise(latents), previous).clamp(-1, 1)
         return out[:, TEMPORAL_STRIDE - 1:] if previous is None else out
 
     @property
@@ -132,10 +142,9 @@ class ToyAutoencoderDecoder:
 
     @torch.no_grad()
     def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
-        device = self.model.latent_mean.device
-        frames = self.model.decode(latents.to(device), self.previous)
-        last = latents[:, -1].to(device).float()
-        self.previous = last * self.model.latent_std.view(-1, 1, 1) + self.model.latent_mean.view(-1, 1, 1)
+        latents = latents.to(self.model.latent_mean.device)
+        frames = self.model.decode(latents, self.previous)
+        self.previous = self.model.denormalise(latents[:, -1])
         return frames
 
     def reset(self) -> None:
@@ -207,20 +216,36 @@ def training_clips(batch: int, seed: int, step: int, height: int, width: int,
 def reconstruction_loss(model: ToyAutoencoder, clips: torch.Tensor, noise: float, gen: torch.Generator | None,
                         frozen_encoder: bool = False):
     """L1 + MSE + L1 of the image gradients, of clips [B, 1 + 4k, 3, H, W] through encode -> (noisy raw
-    latents) -> decode."""
-    b = clips.shape[0]
-    padded = torch.cat([clips[:, :1].expand(-1, TEMPORAL_STRIDE - 1, -1, -1, -1), clips], 1)
-    groups = padded.reshape(-1, TEMPORAL_STRIDE, *clips.shape[2:])
+    latents) -> decode, on all 4 (1 + k) frames (frame 0's group of four copies included)."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
-        raw = model.encode_groups(groups)                                    # [B·G, C, h, w]
+        raw = model.encode_raw(clips)                                        # [B, 1 + k, C, h, w]
     if noise > 0:
         raw = raw + noise * torch.randn(raw.shape, generator=gen, device=raw.device)
-    raw = raw.reshape(b, -1, *raw.shape[1:])
-    before = torch.cat([torch.zeros_like(raw[:, :1]), raw[:, :-1]], 1)
-    out = model.decode_raw(raw.flatten(0, 1), before.flatten(0, 1)).reshape(padded.shape)
-    err = out - padded
-    edges = (out.diff(dim=-1) - padded.diff(dim=-1)).abs().mean() + (out.diff(dim=-2) - padded.diff(dim=-2)).abs().mean()
+    out = model.decode_sequence(raw)
+    target = torch.cat([clips[:, :1].expand(-1, TEMPORAL_STRIDE - 1, -1, -1, -1), clips], 1)
+    err = out - target
+    edges = (out.diff(dim=-1) - target.diff(dim=-1)).abs().mean() + (out.diff(dim=-2) - target.diff(dim=-2)).abs().mean()
     return err.abs().mean() + (err ** 2).mean() + edges   # the edge term keeps outlines sharp
+
+
+def _fit(model: ToyAutoencoder, params, steps: int, clip_seed: int, noise: float, lr: float,
+         gen: torch.Generator, name: str, batch: int, height: int, width: int, device, log,
+         frozen_encoder: bool = False) -> None:
+    """AdamW with warm-up + cosine decay over `steps` batches of fresh clips of the stream `clip_seed`."""
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    began = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        clips = training_clips(batch, clip_seed, step, height, width).to(device)
+        loss = reconstruction_loss(model, clips, noise, gen, frozen_encoder)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            log(f"{name} step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - began:.0f} s)")
 
 
 def train_autoencoder(steps: int, batch: int = 16, height: int = 64, width: int = 64, seed: int = 0,
@@ -229,24 +254,13 @@ def train_autoencoder(steps: int, batch: int = 16, height: int = 64, width: int 
     """Train on rendered clips of the scene stream `seed`, then set the per-channel latent normalisation."""
     torch.manual_seed(seed)
     model = ToyAutoencoder(config).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
-    began = time.perf_counter()
-    for step in range(steps):
-        for group in opt.param_groups:   # warm-up, cosine decay
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        loss = reconstruction_loss(model, training_clips(batch, seed, step, height, width).to(device),
-                                   config.latent_noise, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            log(f"autoencoder step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - began:.0f} s)")
+    _fit(model, model.parameters(), steps, seed, config.latent_noise, lr, gen, "autoencoder", batch, height,
+         width, device, log)
     model.eval().requires_grad_(False)
     with torch.no_grad():
         clips = torch.cat([training_clips(batch, seed + 1, i, height, width) for i in range(8)]).to(device)
-        raw = model.encode_groups(clips[:, 1:].reshape(-1, TEMPORAL_STRIDE, *clips.shape[2:]))
+        raw = model.encode_raw(clips[:, 1:], first=False).flatten(0, 1)   # [N, C, h, w]
         model.latent_mean.copy_(raw.mean((0, 2, 3)))
         model.latent_std.copy_(raw.std((0, 2, 3)).clamp(min=1e-3))
     return model
@@ -260,20 +274,9 @@ def finetune_decoder(model: ToyAutoencoder, steps: int, batch: int = 8, height: 
     model = model.to(device).train()
     model.encoder.requires_grad_(False)
     model.decoder.requires_grad_(True)
-    opt = torch.optim.AdamW(model.decoder.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator(device=device).manual_seed(seed + 2)
-    began = time.perf_counter()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        clips = training_clips(batch, seed + 3, step, height, width).to(device)   # fresh clips, not phase 1's
-        loss = reconstruction_loss(model, clips, noise, gen, frozen_encoder=True)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
-        opt.step()
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            log(f"decoder step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - began:.0f} s)")
+    _fit(model, model.decoder.parameters(), steps, seed + 3, noise, lr, gen, "decoder", batch, height, width,
+         device, log, frozen_encoder=True)   # fresh clips (seed + 3), not the first phase's
     return model.eval().requires_grad_(False)
 
 

@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import torch
 
-from .autoencoder import SPATIAL_STRIDE, TEMPORAL_STRIDE, ToyAutoencoder, ToyAutoencoderDecoder
-from .pixels import PixelDecoder
+from sf_core.media.timing import chunk_frame_counts
+
+from .autoencoder import SPATIAL_STRIDE, TEMPORAL_STRIDE, ToyAutoencoder
 from .render import LATENT_CHANNELS, LATENT_FACTOR, from_latent, to_latent
 
 
-class PixelSpace:
-    channels, spatial_stride, temporal_stride = LATENT_CHANNELS, LATENT_FACTOR, 1
-    name = "exact space-to-depth ×2 pixels"
+class _Space:
+    temporal_stride: int
 
     def pixel_frames(self, latent_frames: int) -> int:
-        return latent_frames
+        """Frames that `latent_frames` latents decode to from the start of a clip (the stream's frame rule)."""
+        return chunk_frame_counts(latent_frames, self.temporal_stride)[0]
+
+
+class PixelSpace(_Space):
+    channels, spatial_stride, temporal_stride = LATENT_CHANNELS, LATENT_FACTOR, 1
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return to_latent(pixels)
@@ -29,20 +34,13 @@ class PixelSpace:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return from_latent(latents.float())
 
-    def chunk_decoder(self) -> PixelDecoder:
-        return PixelDecoder()
 
-
-class AutoencoderSpace:
+class AutoencoderSpace(_Space):
     spatial_stride, temporal_stride = SPATIAL_STRIDE, TEMPORAL_STRIDE
-    name = "learned causal autoencoder (stride 8 × 4)"
 
     def __init__(self, model: ToyAutoencoder):
         self.model = model
         self.channels = model.config.latent_channels
-
-    def pixel_frames(self, latent_frames: int) -> int:
-        return 1 + TEMPORAL_STRIDE * (latent_frames - 1)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -53,9 +51,6 @@ class AutoencoderSpace:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         device = self.model.latent_mean.device
         return ((self.model.decode(latents.to(device)) + 1) / 2).to(latents.device)
-
-    def chunk_decoder(self) -> ToyAutoencoderDecoder:
-        return ToyAutoencoderDecoder(self.model)
 
 
 PIXELS = PixelSpace()
