@@ -214,7 +214,9 @@ class SFStreamExtend(_LiveStream):
         return {
             "required": {
                 "sf_stream": (STREAM_TYPE,),
-                "length": ("FLOAT", {"default": 5.0, "min": 0.0, "max": MAX_LENGTH, "step": 0.5}),
+                "length": ("FLOAT", {"default": 5.0, "min": 0.0, "max": MAX_LENGTH, "step": 0.5,
+                                     "tooltip": "How much to add, in the unit below (rounded up to whole chunks, so "
+                                                "the next extension continues exactly where this one ends)."}),
                 "length_unit": (LENGTH_UNITS, {"default": "seconds"}),
                 "recache": ("BOOLEAN", {"default": False, "tooltip": "With a new prompt: re-encode the cached frames "
                                                                       "under it, so the old prompt stops steering."}),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -43,8 +43,10 @@ FORMAT = "sf_toy_autoencoder"
 @dataclass(frozen=True)
 class AutoencoderConfig:
     latent_channels: int = 16
-    width: int = 64                  # channels of the convs: 2 × width at H/8, width at H/4 and H/2
+    width: int = 64                  # encoder channels: width at H/2 and H/4, 2 × width at H/8
     latent_noise: float = 0.05       # std of the training noise on the raw latents
+    decoder_width: int | None = None # decoder channels: 2 × it at H/8, it at H/4 and H/2 (None: width)
+    decoder_depth: int = 1           # conv blocks at H/4 and at H/2 (more place outlines more precisely)
 
 
 def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
@@ -65,11 +67,18 @@ class ToyAutoencoder(nn.Module):
         c, w = config.latent_channels, config.width
         self.encoder = nn.Sequential(
             _block(48, w), _block(w, w, 4, 2), _block(w, 2 * w, 4, 2), _block(2 * w, 2 * w), _conv(2 * w, c, 1))
-        self.decoder = nn.Sequential(
-            _block(2 * c, 2 * w), _block(2 * w, 2 * w), nn.Upsample(scale_factor=2), _block(2 * w, w),
-            nn.Upsample(scale_factor=2), _block(w, w), _conv(w, 48))
+        self.decoder = self.build_decoder(config)
         self.register_buffer("latent_mean", torch.zeros(c))
         self.register_buffer("latent_std", torch.ones(c))
+
+    @staticmethod
+    def build_decoder(config: AutoencoderConfig) -> nn.Sequential:
+        """(latent t, latent t − 1) [2C, h, w] -> [48, 4h, 4w] (space-to-depth 2 of four frames)."""
+        c, w, depth = config.latent_channels, config.decoder_width or config.width, config.decoder_depth
+        return nn.Sequential(
+            _block(2 * c, 2 * w), _block(2 * w, 2 * w), nn.Upsample(scale_factor=2), _block(2 * w, w),
+            *[_block(w, w) for _ in range(depth - 1)], nn.Upsample(scale_factor=2),
+            *[_block(w, w) for _ in range(depth)], _conv(w, 48))
 
     # -- encoder ---------------------------------------------------------------------------------------------
     def encode_groups(self, groups: torch.Tensor) -> torch.Tensor:
@@ -266,6 +275,17 @@ def train_autoencoder(steps: int, batch: int = 16, height: int = 64, width: int 
     return model
 
 
+def with_new_decoder(model: ToyAutoencoder, width: int, depth: int, seed: int = 0) -> ToyAutoencoder:
+    """A copy of `model` with the same encoder and normalisation (the same latent space) and a freshly
+    initialised decoder of `width` × `depth` (:class:`AutoencoderConfig`), to be trained by :func:`finetune_decoder`."""
+    torch.manual_seed(seed)
+    twin = ToyAutoencoder(replace(model.config, decoder_width=width, decoder_depth=depth))
+    twin.encoder.load_state_dict(model.encoder.state_dict())
+    twin.latent_mean.copy_(model.latent_mean)
+    twin.latent_std.copy_(model.latent_std)
+    return twin.to(model.latent_mean.device)
+
+
 def finetune_decoder(model: ToyAutoencoder, steps: int, batch: int = 8, height: int = 64, width: int = 64,
                      seed: int = 0, noise: float = 0.03, lr: float = 1e-3, log: Callable[[str], None] = print,
                      device: torch.device | str = "cpu") -> ToyAutoencoder:
@@ -283,14 +303,21 @@ def finetune_decoder(model: ToyAutoencoder, steps: int, batch: int = 8, height: 
 def main(argv: list[str] | None = None) -> int:
     import argparse
     ap = argparse.ArgumentParser(prog="python -m sf_core.toy.autoencoder",
-                                 description="refine the decoder of a toy autoencoder file (encoder frozen)")
+                                 description="refine or replace the decoder of a toy autoencoder file (encoder frozen: "
+                                             "the latent space, and a DiT trained on it, stay valid)")
     ap.add_argument("file", type=Path, help="an autoencoder .safetensors (rewritten in place unless --out)")
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--noise", type=float, default=0.03, help="std of the noise on the raw latents")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--new-decoder", type=int, nargs=2, default=None, metavar=("WIDTH", "DEPTH"),
+                    help="train a fresh decoder of this width and depth instead of refining the file's")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    model = finetune_decoder(load_autoencoder(args.file), args.steps, seed=args.seed, noise=args.noise,
+    model = load_autoencoder(args.file)
+    if args.new_decoder is not None:
+        model = with_new_decoder(model, *args.new_decoder, seed=args.seed)
+    model = finetune_decoder(model, args.steps, seed=args.seed, noise=args.noise, lr=args.lr,
                              log=lambda m: print(m, flush=True))
     save_autoencoder(model, args.out or args.file)
     return 0

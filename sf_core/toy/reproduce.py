@@ -218,12 +218,12 @@ def optimise(loss: torch.Tensor, opt: torch.optim.Optimizer, module: torch.nn.Mo
 
 
 # -- stage 0: the latent space -----------------------------------------------------------------------------------
-def autoencoder_stage(run: Run, init_from: Path | None):
-    """Train the toy autoencoder (or load it from an earlier run) -> <out>/checkpoints/autoencoder.safetensors."""
+def autoencoder_stage(run: Run, source: Path | None):
+    """Train the toy autoencoder (or load the file `source`) -> <out>/checkpoints/autoencoder.safetensors."""
     p, name = run.p, "autoencoder.safetensors"
-    if init_from is not None:
-        model = load_autoencoder(init_from / "checkpoints" / name, run.device)
-        run.log(f"autoencoder loaded from {init_from}")
+    if source is not None:
+        model = load_autoencoder(source, run.device)
+        run.log(f"autoencoder loaded from {source}")
     else:
         model = train_autoencoder(p.autoencoder_steps, p.autoencoder_batch, p.height, p.width, TRAIN_SEED + p.seed,
                                   AutoencoderConfig(p.latent_channels, p.autoencoder_width), log=run.log,
@@ -447,9 +447,10 @@ def hardware(device: torch.device) -> str:
 
 
 def reproduce(profile: Profile, device: str, out: Path, report: Path, command: str, init_from: Path | None = None,
-              only: set[str] | None = None) -> dict:
-    """The whole pipeline; `init_from` loads teacher and ODE inits from an earlier run's `--out` instead of
-    training them (same profile model size), `only` restricts the students (keys like "self_forcing_c3")."""
+              only: set[str] | None = None, autoencoder: Path | None = None) -> dict:
+    """The whole pipeline; `init_from` loads autoencoder, teacher and ODE inits from an earlier run's `--out`
+    instead of training them (same profile model size), `autoencoder` only the latent space (a file), `only`
+    restricts the students (keys like "self_forcing_c3")."""
     run = Run(profile, device, out)
     began = time.perf_counter()
     stage = time.perf_counter()
@@ -462,7 +463,9 @@ def reproduce(profile: Profile, device: str, out: Path, report: Path, command: s
     chosen = [s for s in students() if only is None or s.key in only]
     chunks = sorted({s.chunk for s in chosen}, reverse=True)
     if profile.latent == "autoencoder":
-        run.use_space(AutoencoderSpace(autoencoder_stage(run, init_from)))
+        if autoencoder is None and init_from is not None:
+            autoencoder = init_from / "checkpoints" / "autoencoder.safetensors"
+        run.use_space(AutoencoderSpace(autoencoder_stage(run, autoencoder)))
         lap("autoencoder")
     if init_from is not None:
         load = lambda name: load_model(init_from / "checkpoints" / f"{name}.safetensors", device=run.device)[0]
@@ -580,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(sf_core/toy/assets/default for the embedded model)")
     ap.add_argument("--init-from", type=Path, default=None, metavar="RUN",
                     help="load the teacher and ODE inits from an earlier run's --out instead of training them")
+    ap.add_argument("--autoencoder", type=Path, default=None, metavar="FILE",
+                    help="use this trained toy autoencoder (its latent space) instead of training one")
     ap.add_argument("--only", default=None, help="comma-separated student keys, e.g. self_forcing_c3,df_dmd_c3")
     ap.add_argument("--dmd-steps", type=int, default=None, help="override the profile's DMD generator steps")
     ap.add_argument("--teacher-steps", type=int, default=None, help="override the profile's teacher steps")
@@ -611,7 +616,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--only: unknown students {unknown}; known: {[s.key for s in students()]}")
     if args.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    results = reproduce(profile, args.device, args.out, args.report, command.strip(), args.init_from, only)
+    if args.autoencoder is not None and profile.latent != "autoencoder":
+        ap.error(f"--autoencoder: profile {profile.name!r} trains in pixel space; use a profile with learned latents")
+    results = reproduce(profile, args.device, args.out, args.report, command.strip(), args.init_from, only,
+                        args.autoencoder)
     if args.export_default is not None:
         export_default(results, args.out, args.export_default)
     return 0

@@ -10,6 +10,7 @@ from sf_core.generate.bundle import decoder_class, load_bundle
 from sf_core.media.timing import decoder_frame_counts
 from sf_core.generate.files import DEFAULT_ASSETS, default_model, from_manifest
 from sf_core.weights.checkpoint import load_model
+from sf_core.weights.files import read_safetensors
 from sf_core.config import ModelConfig
 from sf_core.model import CausalWanModel
 from sf_core.noise import SeededNoise
@@ -129,6 +130,16 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
     again = json.loads((tmp_path / "run" / "results.json").read_text())
     assert again["meta"]["stage_times_s"] == results["meta"]["stage_times_s"] and "rescored" in again["meta"]
     assert "Scored again by `python -m sf_core.toy.reproduce --rescore" in (tmp_path / "r.md").read_text()
+    # a second run trains its DiTs in the first run's latent space (--autoencoder: no autoencoder stage)
+    first = tmp_path / "run" / "checkpoints" / "autoencoder.safetensors"
+    assert reproduce.main(["--profile", "smoke_autoencoder", "--only", "self_forcing_c3_rolling", "--autoencoder",
+                           str(first), "--out", str(tmp_path / "run2"), "--report", str(tmp_path / "r2.md")]) == 0
+    reused = read_safetensors(tmp_path / "run2" / "checkpoints" / "autoencoder.safetensors")
+    original = read_safetensors(first)
+    assert reused[1] == original[1] and reused[0].keys() == original[0].keys()
+    assert all(torch.equal(reused[0][k], original[0][k]) for k in original[0])
+    with pytest.raises(SystemExit):   # a pixel-space profile has no autoencoder to take
+        reproduce.main(["--profile", "smoke", "--autoencoder", str(first), "--out", str(tmp_path / "x")])
 
 
 def _shipped_metrics(model, bundle, prompts, chunks):
