@@ -363,7 +363,14 @@ def resolve(args) -> Plan:
         stride = decoder.spatial_stride
         defaults = {**defaults, "width": header["latent_width"] * stride, "height": header["latent_height"] * stride}
     counts = decoder_frame_counts(decoder, stream.chunk_frames)
+    if header is not None:  # a continued stream's first chunk is a later chunk: it decodes with the saved memory
+        counts = (counts[1], counts[1])
     chunks, frame_limit = resolve_length(args, defaults, fps, counts)
+    if frame_limit is not None and args.save_state is not None:
+        whole = counts[0] + (chunks - 1) * counts[1]
+        notes.append(f"--save-state: writing all {whole} frames of the {chunks} chunks (not {frame_limit}), so "
+                     f"--resume-state continues with the next frame, without a gap")
+        frame_limit = None
     v2v = None
     if video is not None:
         v2v, chunks, frame_limit = inputs.v2v_length(args, video, chunks, frame_limit, counts)

@@ -128,6 +128,20 @@ def test_resume_continues_the_stream_exactly(files, tmp_path):
         assert np.abs(a - b).max() <= 1, name
 
 
+def test_a_saved_stream_keeps_whole_chunks_and_a_resumed_one_counts_later_chunks(files, tmp_path, capsys):
+    common = [*_model_args(files), "--prompt", "A cat sleeps", *SIZE, "--seed", "3"]
+    state = tmp_path / "s.safetensors"
+    # 14 frames need 2 chunks (9 + 12); trimming them would lose 7 frames the resumed stream never makes
+    assert generate.main([*common, "--frames", "14", "--save-state", str(state), "--out", str(tmp_path / "p1.mp4")]) == 0
+    assert read_video(tmp_path / "p1.mp4")[0].shape[0] == 21
+    assert "--save-state: writing all 21 frames of the 2 chunks (not 14)" in capsys.readouterr().err
+    # continued: every chunk gives 12 frames, so 12 frames are exactly one chunk (not 9 + 12 trimmed)
+    assert generate.main([*_model_args(files), *SIZE, "--frames", "12", "--resume-state", str(state),
+                          "--out", str(tmp_path / "p2.mp4")]) == 0
+    assert read_video(tmp_path / "p2.mp4")[0].shape[0] == 12
+    assert re.search(r"wrote 12 frames \(1 chunks\)", capsys.readouterr().out)
+
+
 def test_dry_run_prints_the_resolved_configuration(files, tmp_path, capsys):
     assert generate.main([*_model_args(files), "--prompt", "first", "--prompt-at", "5s", "second",
                           "--prompt-at", "c4", "third", "--chunks", "10", "--steps", "2", "--window", "9",
