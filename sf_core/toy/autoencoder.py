@@ -13,8 +13,9 @@ four copies of itself), every later latent frame encodes the next four frames, s
 The decoder's only memory is the previous latent frame (zeros before the first), so streamed decoding
 equals one-shot decoding exactly. It is trained on the toy renderer's frames (L1 + MSE + L1 of the image
 gradients) with Gaussian noise on the raw latents, which makes it forgiving of the DiT's small latent errors;
-:func:`finetune_decoder` refines the decoder alone later without moving the latent space. At the size the
-embedded default ships (a few thousand CPU steps) it still blurs outlines (docs/reproduction.md).
+:func:`finetune_decoder` refines the decoder alone later (or trains a wider, deeper one, :func:`with_new_decoder`)
+without moving the latent space. At the size the embedded default ships (a few thousand CPU steps) it still
+blurs outlines (docs/reproduction.md).
 Weights and config: one safetensors file (:func:`save_autoencoder`).
 """
 from __future__ import annotations
