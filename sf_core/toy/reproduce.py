@@ -238,7 +238,9 @@ def autoencoder_stage(run: Run, source: Path | None):
         model = train_autoencoder(p.autoencoder_steps, p.autoencoder_batch, p.height, p.width, TRAIN_SEED + p.seed,
                                   AutoencoderConfig(p.latent_channels, p.autoencoder_width), log=run.log,
                                   device=run.device)
-        if p.decoder_steps:
+        if p.decoder_steps:   # on the stored (float16) encoder, as `python -m sf_core.toy.autoencoder` does
+            save_autoencoder(model, run.out / "checkpoints" / name)
+            model = load_autoencoder(run.out / "checkpoints" / name, run.device)
             model = finetune_decoder(with_new_decoder(model, p.decoder_width, p.decoder_depth, p.seed),
                                      p.decoder_steps, p.autoencoder_batch, p.height, p.width, p.seed,
                                      noise=DECODER_NOISE, lr=DECODER_LR, log=run.log, device=run.device)
@@ -596,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also copy the best chunk-wise self-forcing checkpoint + manifest there "
                          "(sf_core/toy/assets/default for the embedded model)")
     ap.add_argument("--init-from", type=Path, default=None, metavar="RUN",
-                    help="load the teacher and ODE inits from an earlier run's --out instead of training them")
+                    help="load the autoencoder, teacher and ODE inits from an earlier run's --out instead of training them")
     ap.add_argument("--autoencoder", type=Path, default=None, metavar="FILE",
                     help="use this trained toy autoencoder (its latent space) instead of training one")
     ap.add_argument("--only", default=None, help="comma-separated student keys, e.g. self_forcing_c3,df_dmd_c3")
