@@ -46,8 +46,8 @@ class AutoencoderConfig:
     latent_channels: int = 16
     width: int = 64                  # encoder channels: width at H/2 and H/4, 2 × width at H/8
     latent_noise: float = 0.05       # std of the training noise on the raw latents
-    decoder_width: int | None = None # decoder channels: 2 × it at H/8, it at H/4 and H/2 (None: width)
-    decoder_depth: int = 1           # conv blocks at H/4 and at H/2 (more place outlines more precisely)
+    decoder_width: int | None = None  # decoder channels: 2 × it at H/8, it at H/4 and H/2 (None: width)
+    decoder_depth: int = 1            # conv blocks at H/4 and at H/2 (more place outlines more precisely)
 
 
 def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:

@@ -11,6 +11,7 @@ from sf_core.media.timing import decoder_frame_counts
 from sf_core.generate.files import DEFAULT_ASSETS, default_model, from_manifest
 from sf_core.weights.checkpoint import load_model
 from sf_core.weights.files import read_safetensors
+from sf_core.toy.autoencoder import load_autoencoder, save_autoencoder
 from sf_core.config import ModelConfig
 from sf_core.model import CausalWanModel
 from sf_core.noise import SeededNoise
@@ -132,8 +133,11 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
     again = json.loads((tmp_path / "run" / "results.json").read_text())
     assert again["meta"]["stage_times_s"] == results["meta"]["stage_times_s"] and "rescored" in again["meta"]
     assert "Scored again by `python -m sf_core.toy.reproduce --rescore" in (tmp_path / "r.md").read_text()
-    # a second run trains its DiTs in the first run's latent space (--autoencoder: no autoencoder stage)
-    first = tmp_path / "run" / "checkpoints" / "autoencoder.safetensors"
+    # a second run trains its DiTs in a given latent space (--autoencoder: no autoencoder stage); the file differs
+    # from what the profile would train (another normalisation), so a retrained one would not match it
+    given = load_autoencoder(tmp_path / "run" / "checkpoints" / "autoencoder.safetensors")
+    given.latent_std.mul_(1.5)
+    first = save_autoencoder(given, tmp_path / "given.safetensors")
     assert reproduce.main(["--profile", "smoke_autoencoder", "--only", "self_forcing_c3_rolling", "--autoencoder",
                            str(first), "--out", str(tmp_path / "run2"), "--report", str(tmp_path / "r2.md")]) == 0
     reused = read_safetensors(tmp_path / "run2" / "checkpoints" / "autoencoder.safetensors")
