@@ -216,11 +216,21 @@ def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> To
 
 # -- training ----------------------------------------------------------------------------------------------------
 def training_clips(batch: int, seed: int, step: int, height: int, width: int,
-                   frames: int = 1 + 2 * TEMPORAL_STRIDE) -> torch.Tensor:
-    """Clips of the seeded scene stream at a step-dependent start frame -> [B, frames, 3, H, W] in [-1, 1]."""
+                   frames: int = 1 + 2 * TEMPORAL_STRIDE, crop: int | None = None) -> torch.Tensor:
+    """Clips of the seeded scene stream at a step-dependent start frame -> [B, frames, 3, H, W] in [-1, 1];
+    with `crop`, one step-dependent crop × crop window of them on the latent grid ([B, frames, 3, crop, crop]:
+    the nets are convolutional, and a 32-pixel crop of 64-pixel frames costs a quarter of a full frame)."""
     scenes = sample_scenes(batch, seed, step * batch)
     start = (step * 7919) % 4096
-    return render(scenes, frames, start_frame=start, height=height, width=width) * 2 - 1
+    clips = render(scenes, frames, start_frame=start, height=height, width=width) * 2 - 1
+    if crop is None or crop >= min(height, width):
+        return clips
+    if crop % SPATIAL_STRIDE:
+        raise ValueError(f"toy autoencoder: crop {crop} is not a multiple of the spatial stride {SPATIAL_STRIDE}")
+    rows, cols = (height - crop) // SPATIAL_STRIDE + 1, (width - crop) // SPATIAL_STRIDE + 1
+    y, x = divmod((step * 7919) % (rows * cols), cols)   # 7919 is prime: every window in turn
+    y, x = y * SPATIAL_STRIDE, x * SPATIAL_STRIDE
+    return clips[..., y:y + crop, x:x + crop]
 
 
 def reconstruction_loss(model: ToyAutoencoder, clips: torch.Tensor, noise: float, gen: torch.Generator | None,
@@ -240,7 +250,7 @@ def reconstruction_loss(model: ToyAutoencoder, clips: torch.Tensor, noise: float
 
 def _fit(model: ToyAutoencoder, params, steps: int, clip_seed: int, noise: float, lr: float,
          gen: torch.Generator, name: str, batch: int, height: int, width: int, device, log,
-         frozen_encoder: bool = False) -> None:
+         frozen_encoder: bool = False, crop: int | None = None) -> None:
     """AdamW with warm-up + cosine decay over `steps` batches of fresh clips of the stream `clip_seed`."""
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     params = [p for group in opt.param_groups for p in group["params"]]
@@ -248,7 +258,7 @@ def _fit(model: ToyAutoencoder, params, steps: int, clip_seed: int, noise: float
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        clips = training_clips(batch, clip_seed, step, height, width).to(device)
+        clips = training_clips(batch, clip_seed, step, height, width, crop=crop).to(device)
         loss = reconstruction_loss(model, clips, noise, gen, frozen_encoder)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -260,13 +270,15 @@ def _fit(model: ToyAutoencoder, params, steps: int, clip_seed: int, noise: float
 
 def train_autoencoder(steps: int, batch: int = 16, height: int = 64, width: int = 64, seed: int = 0,
                       config: AutoencoderConfig = AutoencoderConfig(), lr: float = 3e-3,
-                      log: Callable[[str], None] = print, device: torch.device | str = "cpu") -> ToyAutoencoder:
-    """Train on rendered clips of the scene stream `seed`, then set the per-channel latent normalisation."""
+                      log: Callable[[str], None] = print, device: torch.device | str = "cpu",
+                      crop: int | None = None) -> ToyAutoencoder:
+    """Train on rendered clips of the scene stream `seed` (`crop`: on crops of them, :func:`training_clips`),
+    then set the per-channel latent normalisation on whole frames."""
     torch.manual_seed(seed)
     model = ToyAutoencoder(config).to(device).train()
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     _fit(model, model.parameters(), steps, seed, config.latent_noise, lr, gen, "autoencoder", batch, height,
-         width, device, log)
+         width, device, log, crop=crop)
     model.eval().requires_grad_(False)
     with torch.no_grad():
         clips = torch.cat([training_clips(batch, seed + 1, i, height, width) for i in range(8)]).to(device)

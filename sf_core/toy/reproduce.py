@@ -3,8 +3,8 @@
 Stages (all seeded; checkpoints in `<out>/checkpoints/*.safetensors`, loadable with `load_model`):
 
 0. the latent space: exact pixels (profiles quick / full), or a learned causal autoencoder trained on the
-   renderer's frames (profile default: 64×64 px, stride 8 × 4, :mod:`sf_core.toy.autoencoder`), then a
-   wider, deeper decoder trained on its frozen encoder (`decoder_steps`; the latent space does not move);
+   renderer's frames (profile default: 64×64 px, stride 8 × 4, :mod:`sf_core.toy.autoencoder`, on 32-pixel
+   crops), optionally followed by refining its decoder alone (`decoder_steps`; the latent space does not move);
 1. teacher: a bidirectional many-step CausalWanModel (no cache) trained with flow matching on toy clips,
    the condition dropped to zeros 10% of the time so it supports classifier-free guidance;
 2. ODE pairs from the teacher (48 Euler steps, shift 5, CFG, states kept at [0, 12, 24, 36, -1]) and an
@@ -47,8 +47,7 @@ from ..train.objectives import ObjectiveConfig, StepInfo, TrainBatch, build_obje
 from ..train.ode_pairs import generate_ode_trajectory, kept_timesteps, save_ode_pairs
 from ..scheduler import FlowMatchScheduler
 from .dataset import sample_batch
-from .autoencoder import (AutoencoderConfig, finetune_decoder, load_autoencoder, save_autoencoder, train_autoencoder,
-                          with_new_decoder)
+from .autoencoder import AutoencoderConfig, finetune_decoder, load_autoencoder, save_autoencoder, train_autoencoder
 from .forcing_dmd import ForcingDMDObjective
 from .latents import PIXELS, AutoencoderSpace
 from .metrics import evaluate, summarize
@@ -59,7 +58,7 @@ from .world import sample_scenes
 
 TRAIN_SEED, EVAL_SEED = 0, 1_000_000       # scene streams: training clips / held-out evaluation prompts
 ODE_KEEP = (0, 12, 24, 36, -1)
-DECODER_NOISE, DECODER_LR = 0.02, 2e-3   # the decoder stage (profile decoder_steps)
+DECODER_NOISE, DECODER_LR, DECODER_BATCH = 0.02, 1e-3, 8   # the decoder stage (profile decoder_steps)
 RESULTS_START, RESULTS_END = "<!-- reproduction:results:start -->", "<!-- reproduction:results:end -->"
 TABLE_METRICS = (("frame_error", "frame err ↓"), ("colour_error", "colour err ↓"),
                  ("motion_error", "motion err (px) ↓"), ("adherence", "adherence ↑"),
@@ -77,11 +76,13 @@ class Profile:
     latent: str = "pixels"            # pixels (exact, stride 2 × 1) | autoencoder (learned, stride 8 × 4)
     autoencoder_steps: int = 0        # training steps of the autoencoder (latent "autoencoder")
     autoencoder_batch: int = 8        # clips of 9 frames per autoencoder step
+    autoencoder_crop: int | None = None   # train on crop × crop windows of the frames (None: whole frames)
+    autoencoder_noise: float = 0.05   # std of the training noise on the raw latents
     autoencoder_width: int = 64
     latent_channels: int = 16
-    decoder_steps: int = 0            # > 0: then train a fresh decoder on the frozen encoder (same latent space)
-    decoder_width: int = 96
+    decoder_width: int = 96           # the autoencoder's decoder (trained with its encoder)
     decoder_depth: int = 2
+    decoder_steps: int = 0            # > 0: then refine the decoder alone on the frozen encoder (same latent space)
     data_pool: int = 0                # > 0: encode this many training clips once and draw batches from them
     dim: int = 64
     ffn_dim: int = 128
@@ -115,8 +116,9 @@ PROFILES = {
     # latents), a wider, deeper teacher and longer training than `quick`; CPU-sized. With 4 heads and lr 2e-3
     # the teacher beats in 2000 steps what 1 head and lr 5e-4 reached in 8000; CFG 3 (the ODE pairs' and,
     # as cond + 2·(cond − uncond), DMD's real score) raises adherence further (docs/reproduction.md).
-    "default": Profile("default", height=64, width=64, latent="autoencoder", autoencoder_steps=3000,
-                       decoder_steps=2500, data_pool=8192, dim=128, ffn_dim=256, num_heads=4, num_layers=4,
+    "default": Profile("default", height=64, width=64, latent="autoencoder", autoencoder_steps=4000,
+                       autoencoder_batch=16, autoencoder_crop=32, autoencoder_noise=0.02, decoder_steps=500,
+                       data_pool=8192, dim=128, ffn_dim=256, num_heads=4, num_layers=4,
                        teacher_steps=8000, teacher_lr=2e-3, ode_pairs=256, ode_steps=800, ode_guidance=3.0,
                        dmd_steps=300, dmd_guidance=2.0, eval_samples=16),
     "smoke": Profile("smoke", frames=6, dim=32, ffn_dim=64, num_layers=1, batch=2, teacher_steps=2, ode_pairs=2,
@@ -235,15 +237,15 @@ def autoencoder_stage(run: Run, source: Path | None):
         model = load_autoencoder(source, run.device)
         run.log(f"autoencoder loaded from {source}")
     else:
+        config = AutoencoderConfig(p.latent_channels, p.autoencoder_width, p.autoencoder_noise, p.decoder_width,
+                                   p.decoder_depth)
         model = train_autoencoder(p.autoencoder_steps, p.autoencoder_batch, p.height, p.width, TRAIN_SEED + p.seed,
-                                  AutoencoderConfig(p.latent_channels, p.autoencoder_width), log=run.log,
-                                  device=run.device)
+                                  config, log=run.log, device=run.device, crop=p.autoencoder_crop)
         if p.decoder_steps:   # on the stored (float16) encoder, as `python -m sf_core.toy.autoencoder` does
             save_autoencoder(model, run.out / "checkpoints" / name)
-            model = load_autoencoder(run.out / "checkpoints" / name, run.device)
-            model = finetune_decoder(with_new_decoder(model, p.decoder_width, p.decoder_depth, p.seed),
-                                     p.decoder_steps, p.autoencoder_batch, p.height, p.width, p.seed,
-                                     noise=DECODER_NOISE, lr=DECODER_LR, log=run.log, device=run.device)
+            model = finetune_decoder(load_autoencoder(run.out / "checkpoints" / name, run.device), p.decoder_steps,
+                                     DECODER_BATCH, p.height, p.width, p.seed, noise=DECODER_NOISE,
+                                     lr=DECODER_LR, log=run.log, device=run.device)   # whole frames
     save_autoencoder(model, run.out / "checkpoints" / name)
     return load_autoencoder(run.out / "checkpoints" / name, run.device)  # the shipped (float16) weights
 

@@ -84,6 +84,21 @@ def test_file_round_trip_and_errors(tmp_path):
         load_autoencoder(other)
 
 
+def test_training_crops_are_windows_of_the_frames_on_the_latent_grid():
+    def window(step):   # (y, x) of the step's crop in its full frames
+        full, crop = training_clips(2, 5, step, 64, 64), training_clips(2, 5, step, 64, 64, crop=32)
+        assert crop.shape == (2, 9, 3, 32, 32)
+        hits = [(y, x) for y in range(0, 33, 8) for x in range(0, 33, 8)
+                if torch.equal(crop, full[..., y:y + 32, x:x + 32])]
+        assert len(hits) >= 1, step
+        return hits[0]
+
+    assert len({window(step) for step in range(25)}) == 25    # every window on the grid, in turn
+    assert torch.equal(training_clips(2, 5, 3, 64, 64, crop=64), training_clips(2, 5, 3, 64, 64))
+    with pytest.raises(ValueError, match="crop 20 is not a multiple of the spatial stride 8"):
+        training_clips(2, 5, 3, 64, 64, crop=20)
+
+
 def test_training_reduces_the_reconstruction_error():
     clips = training_clips(4, 999, 0, 32, 32)
     before = reconstruction_loss(ToyAutoencoder(SMALL), clips, 0.0, None)
