@@ -12,10 +12,11 @@ four copies of itself), every later latent frame encodes the next four frames, s
 
 The decoder's only memory is the previous latent frame (zeros before the first), so streamed decoding
 equals one-shot decoding exactly. It is trained on the toy renderer's frames (L1 + MSE + L1 of the image
-gradients) with Gaussian noise on the raw latents, which makes it forgiving of the DiT's small latent errors;
-:func:`finetune_decoder` refines the decoder alone later (or trains a wider, deeper one, :func:`with_new_decoder`)
-without moving the latent space. At the size the embedded default ships (a few thousand CPU steps) it still
-blurs outlines (docs/reproduction.md).
+gradients) with Gaussian noise on the raw latents, which makes it forgiving of the DiT's small latent errors,
+optionally on 32 × 32 crops (a quarter of the cost a step; GroupNorm then sees crop statistics, so a short
+:func:`finetune_decoder` on whole frames follows, which restores colour accuracy). :func:`finetune_decoder`
+refines the decoder alone (or trains a wider, deeper one, :func:`with_new_decoder`) without moving the latent
+space. At the size the embedded default ships (~15 CPU minutes) it still softens outlines (docs/reproduction.md).
 Weights and config: one safetensors file (:func:`save_autoencoder`).
 """
 from __future__ import annotations

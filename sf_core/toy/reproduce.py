@@ -567,13 +567,13 @@ def best_self_forcing(results: dict, chunk: int | None = None) -> str:
 
 def export_default(results: dict, out: Path, folder: Path, chunk: int | None = 3) -> Path:
     """Copy the best self-forcing checkpoint and a manifest into `folder` (the embedded default model)."""
-    key = best_self_forcing(results, chunk)
-    p = results["meta"]["profile"]
+    student, p = results["students"][best_self_forcing(results, chunk)], results["meta"]["profile"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "decoder.safetensors").unlink(missing_ok=True)   # no stale decoder of an earlier model
-    shutil.copyfile(out / results["students"][key]["checkpoint"], folder / "model.safetensors")
-    decoder = {"kind": "toy_pixels"}
+    shutil.copyfile(out / student["checkpoint"], folder / "model.safetensors")
+    decoder, space = {"kind": "toy_pixels"}, "exact pixel latents"
     if p.get("latent") == "autoencoder":
+        space = "a learned causal autoencoder (stride 8 × 4)"
         shutil.copyfile(out / "checkpoints" / "autoencoder.safetensors", folder / "decoder.safetensors")
         decoder = {"kind": "toy_autoencoder", "file": "decoder.safetensors"}
     manifest = {"checkpoint": "model.safetensors",
@@ -582,8 +582,9 @@ def export_default(results: dict, out: Path, folder: Path, chunk: int | None = 3
                 "width": p["width"], "height": p["height"], "fps": 16 if p.get("latent") == "autoencoder" else 8,
                 "chunks": 16,
                 "prompt": "a red circle moves right and a yellow square orbits on a navy background",
-                "description": (f"embedded toy model: {results['students'][key]['label']} "
-                                f"({'chunk-wise' if results['students'][key]['chunk'] == 3 else 'frame-wise'}), trained by "
+                "description": (f"embedded toy model ({p['width']}×{p['height']} px): {student['label']}, "
+                                f"{'chunk-wise' if student['chunk'] == 3 else 'frame-wise'}, dim {p['dim']}, "
+                                f"{p['num_layers']} layers, {p['num_heads']} heads, {space}; trained by "
                                 f"`{results['meta']['command']}` (see docs/reproduction.md)")}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return folder

