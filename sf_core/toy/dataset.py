@@ -4,17 +4,22 @@ from __future__ import annotations
 import torch
 
 from .latents import PIXELS
-from .render import render
+from .render import object_coverage, render
 from .world import sample_scenes
 
 
 def sample_batch(batch: int, num_frames: int, seed: int, start: int = 0, height: int = 32, width: int = 32,
-                 device: torch.device | str = "cpu", space=PIXELS) -> tuple[list[str], torch.Tensor]:
+                 device: torch.device | str = "cpu", space=PIXELS, with_objects: bool = False) -> tuple:
     """Scenes ``start .. start + batch - 1`` of ``seed`` -> (prompts, latents [B, F, C, h, w]) of ``num_frames``
-    latent frames in ``space`` (:mod:`sf_core.toy.latents`; default the exact pixels, 12 × H/2 × W/2)."""
+    latent frames in ``space`` (:mod:`sf_core.toy.latents`; default the exact pixels, 12 × H/2 × W/2);
+    ``with_objects`` adds the latent positions any object touches, [B, F, h, w] bool (exact coverage)."""
     scenes = sample_scenes(batch, seed, start)
-    pixels = render(scenes, space.pixel_frames(num_frames), height=height, width=width, device=device)
-    return [s.prompt for s in scenes], space.encode(pixels)
+    frames = space.pixel_frames(num_frames)
+    pixels = render(scenes, frames, height=height, width=width, device=device)
+    out = ([s.prompt for s in scenes], space.encode(pixels))
+    if with_objects:
+        out += (space.footprint(object_coverage(scenes, frames, height=height, width=width, device=device) > 0),)
+    return out
 
 
 class ToyVideoDataset(torch.utils.data.Dataset):

@@ -24,6 +24,15 @@ class _Space:
         """Frames that `latent_frames` latents decode to from the start of a clip (the stream's frame rule)."""
         return chunk_frame_counts(latent_frames, self.temporal_stride)[0]
 
+    def footprint(self, mask: torch.Tensor) -> torch.Tensor:
+        """Pixel mask [B, T, H, W] -> the latent positions it touches [B, F, h, w] (bool): a latent frame stands
+        for its pixel frames (the first alone, then `temporal_stride` each), a latent pixel for its
+        `spatial_stride`² pixels."""
+        m = mask.float()
+        if self.temporal_stride > 1:
+            m = torch.cat([m[:, :1], m[:, 1:].unflatten(1, (-1, self.temporal_stride)).amax(2)], 1)
+        return torch.nn.functional.max_pool2d(m, self.spatial_stride) > 0
+
 
 class PixelSpace(_Space):
     channels, spatial_stride, temporal_stride = LATENT_CHANNELS, LATENT_FACTOR, 1

@@ -155,6 +155,15 @@ def render_batch(batch: SceneBatch, num_frames: int, start_frame: int = 0, heigh
     return composite(cover, batch.colour, background_image(batch.background, height, width))
 
 
+def object_coverage(scenes: list[Scene], num_frames: int, start_frame: int = 0, height: int = 32, width: int = 32,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """Where any object is: the largest coverage over the objects of every pixel -> [B, F, H, W] in [0, 1]."""
+    batch = SceneBatch(scenes).to(device)
+    t = torch.arange(start_frame, start_frame + num_frames, dtype=torch.float64)
+    cx, cy, r = trajectories(batch, t)
+    return coverage(cx, cy, r, batch.shape, height, width).amax(1)
+
+
 def render(scene: Scene | list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,
            width: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
     """Ground-truth pixels: one scene -> [F, 3, H, W]; a list -> [B, F, 3, H, W]. Any length, any start."""

@@ -102,6 +102,8 @@ def test_smoke_reproduction_runs_end_to_end(tmp_path):
     lengths = reproduce.PROFILES["smoke"].eval_lengths
     assert text.count("| model | chunk | length |") == len(lengths)
     assert text.count("| Self forcing + DMD + rolling trick |") == 2 * len(lengths)
+    assert set(results["references"]) == {"ground_truth", "teacher", "untrained"}
+    assert text.count("| Untrained DiT, same sampler (chance level) |") == 1
     for r in results["students"].values():
         for mult in map(str, lengths):
             assert math.isfinite(r["metrics"][mult]["frame_error"]["mean"])

@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from sf_core.toy.dataset import ToyVideoDataset, sample_batch
-from sf_core.toy.render import SceneBatch, coverage, from_latent, render, to_latent, trajectories
+from sf_core.toy.autoencoder import AutoencoderConfig, ToyAutoencoder
+from sf_core.toy.latents import PIXELS, AutoencoderSpace
+from sf_core.toy.render import (SceneBatch, background_image, coverage, from_latent, render, to_latent,
+                                trajectories)
 from sf_core.toy.world import (EXTENT, MOTIONS, RANGES, ObjectSpec, PromptError, SceneSpec,
                                parse_prompt, sample_scenes, scene_for)
 
@@ -125,3 +128,24 @@ def test_dataset_items_match_batches():
     assert len(ds) == 10
     with pytest.raises(IndexError):
         ds[10]
+
+
+def test_footprint_maps_a_pixel_to_its_latent_frame_and_cell():
+    space = AutoencoderSpace(ToyAutoencoder(AutoencoderConfig(4, 8, 0.0, 8, 1)))   # stride 8 × 4
+    mask = torch.zeros(1, 13, 32, 32, dtype=torch.bool)
+    mask[0, 5, 9, 17] = True                      # pixel frame 5 belongs to latent frame 2 (frames 5..8)
+    foot = space.footprint(mask)
+    assert foot.shape == (1, 4, 4, 4) and foot.sum() == 1 and foot[0, 2, 1, 2]
+    mask[0, 0, 31, 0] = True                      # frame 0 is encoded alone
+    assert space.footprint(mask)[0, 0, 3, 0] and space.footprint(mask).sum() == 2
+    assert torch.equal(PIXELS.footprint(mask)[0, 5], mask[0, 5].view(16, 2, 16, 2).any(3).any(1))
+
+
+def test_object_footprint_is_where_the_frames_differ_from_the_background():
+    prompts, latents, objects = sample_batch(4, 5, seed=7, start=3, height=32, width=32, with_objects=True)
+    assert torch.equal(sample_batch(4, 5, seed=7, start=3, height=32, width=32)[1], latents)
+    frames = render(sample_scenes(4, 7, 3), 5, height=32, width=32)
+    bg = background_image(SceneBatch(sample_scenes(4, 7, 3)).background, 32, 32)
+    differs = (frames != bg.unsqueeze(1)).any(2)                                   # [B, T, H, W]
+    assert objects.dtype == torch.bool and torch.equal(objects, PIXELS.footprint(differs))
+    assert 0.05 < objects.float().mean() < 0.6
