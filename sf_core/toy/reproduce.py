@@ -623,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dmd-steps", type=int, default=None, help="override the profile's DMD generator steps")
     ap.add_argument("--teacher-steps", type=int, default=None, help="override the profile's teacher steps")
     ap.add_argument("--eval-samples", type=int, default=None, help="override the profile's held-out prompt count")
+    ap.add_argument("--object-weight", type=float, default=None,
+                    help="override the profile's teacher loss weight on object positions (1 + this; 0 = plain)")
+    ap.add_argument("--data-pool", type=int, default=None, help="override the profile's encoded training clips")
     ap.add_argument("--dmd-guidance", type=float, default=None,
                     help="override the real score's CFG in DMD, cond + g·(cond − uncond) (profile default 0)")
     ap.add_argument("--rescore", action="store_true",
@@ -642,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     overrides = {k: v for k, v in (("seed", args.seed), ("dmd_steps", args.dmd_steps),
                                    ("teacher_steps", args.teacher_steps), ("eval_samples", args.eval_samples),
-                                   ("dmd_guidance", args.dmd_guidance)) if v is not None}
+                                   ("dmd_guidance", args.dmd_guidance), ("object_weight", args.object_weight),
+                                   ("data_pool", args.data_pool)) if v is not None}
     profile = replace(profile, **overrides)
     only = None if args.only is None else set(args.only.split(","))
     unknown = sorted((only or set()) - {s.key for s in students()})
