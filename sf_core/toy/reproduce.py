@@ -648,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
                                    ("dmd_guidance", args.dmd_guidance), ("object_weight", args.object_weight),
                                    ("data_pool", args.data_pool)) if v is not None}
     profile = replace(profile, **overrides)
+    if profile.object_weight < 0 or profile.data_pool < 0:
+        ap.error(f"--object-weight / --data-pool: got {profile.object_weight:g} / {profile.data_pool}; both must be >= 0")
     only = None if args.only is None else set(args.only.split(","))
     unknown = sorted((only or set()) - {s.key for s in students()})
     if unknown:

@@ -150,6 +150,12 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
         reproduce.main(["--profile", "smoke", "--autoencoder", str(first), "--out", str(tmp_path / "x")])
 
 
+def test_negative_object_weight_is_refused_before_any_training(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--profile", "smoke", "--object-weight", "-2", "--out", str(tmp_path / "x")])
+    assert "--object-weight" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def _shipped_metrics(model, bundle, prompts, chunks):
     """Stream `prompts` through `model` with the shipped bundle's text encoder and decoder -> ToyMetrics."""
     h, w = default_model().defaults["height"], default_model().defaults["width"]
