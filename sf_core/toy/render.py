@@ -146,22 +146,24 @@ def composite(cover: torch.Tensor, colour: torch.Tensor, background: torch.Tenso
     return img
 
 
+def _frame_coverage(batch: SceneBatch, num_frames: int, start_frame: int, height: int, width: int) -> torch.Tensor:
+    """Coverage of every object in frames ``start_frame ..`` -> [B, K, F, H, W]."""
+    t = torch.arange(start_frame, start_frame + num_frames, dtype=torch.float64)
+    cx, cy, r = trajectories(batch, t)
+    return coverage(cx, cy, r, batch.shape, height, width)
+
+
 def render_batch(batch: SceneBatch, num_frames: int, start_frame: int = 0, height: int = 32,
                  width: int = 32) -> torch.Tensor:
     """Frames ``start_frame .. start_frame + num_frames - 1`` of every scene -> [B, F, 3, H, W] in [0, 1]."""
-    t = torch.arange(start_frame, start_frame + num_frames, dtype=torch.float64)
-    cx, cy, r = trajectories(batch, t)
-    cover = coverage(cx, cy, r, batch.shape, height, width)
+    cover = _frame_coverage(batch, num_frames, start_frame, height, width)
     return composite(cover, batch.colour, background_image(batch.background, height, width))
 
 
 def object_coverage(scenes: list[Scene], num_frames: int, start_frame: int = 0, height: int = 32, width: int = 32,
                     device: torch.device | str = "cpu") -> torch.Tensor:
     """Where any object is: the largest coverage over the objects of every pixel -> [B, F, H, W] in [0, 1]."""
-    batch = SceneBatch(scenes).to(device)
-    t = torch.arange(start_frame, start_frame + num_frames, dtype=torch.float64)
-    cx, cy, r = trajectories(batch, t)
-    return coverage(cx, cy, r, batch.shape, height, width).amax(1)
+    return _frame_coverage(SceneBatch(scenes).to(device), num_frames, start_frame, height, width).amax(1)
 
 
 def render(scene: Scene | list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,
