@@ -70,3 +70,16 @@ def test_time_budget_skips_rows_and_still_writes_the_report(tmp_path):
     stdout, report = _tiny_run(tmp_path, "--max-seconds", "0", "--fp8")
     assert report["results"] == {} and {"naive", "plain", "rolling", "fp8 check"} <= set(report["skipped"])
     assert "skipped (past --max-seconds)" in stdout
+
+
+def test_toy_latent_signal_prints_one_row_per_change():
+    """benchmarks/toy_latent_signal.py on the embedded autoencoder: every attribute change moves pixels and
+    latents, and the 4-px shift is its own unit."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "toy_latent_signal.py"), "--scenes", "4"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split(" | ")[0].lstrip("| "): [float(v) for v in line.strip(" |").split(" | ")[1:]]
+            for line in proc.stdout.splitlines() if line.startswith("| ") and "RMS" not in line}
+    assert len(rows) == 7 and "shape: circle -> square" in rows
+    assert rows["position: 4 px right"][3] == 1.0
+    assert all(pixel > 0 and latent > 0 and gain > 0 for pixel, latent, gain, _ in rows.values())
