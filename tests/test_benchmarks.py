@@ -83,3 +83,16 @@ def test_toy_latent_signal_prints_one_row_per_change():
     assert len(rows) == 7 and "shape: circle -> square" in rows
     assert rows["position: 4 px right"][3] == 1.0
     assert all(pixel > 0 and latent > 0 and gain > 0 for pixel, latent, gain, _ in rows.values())
+
+
+def test_toy_train_speed_times_every_variant_against_eager():
+    """benchmarks/toy_train_speed.py, one round of one step: a row per variant, eager is its own unit, and every
+    variant's step time and teacher-stage estimate are positive."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "toy_train_speed.py"), "--threads", "1",
+                           "--rounds", "1", "--steps", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip(" |").split(" | ")[1:]
+            for line in proc.stdout.splitlines() if line.startswith("| ") and "variant" not in line}
+    assert set(rows) == {"float32 eager", "bfloat16 autocast", "torch.compile"}
+    assert rows["float32 eager"][1].startswith("1.00")
+    assert all(float(ms.split()[0]) > 0 and float(stage) > 0 for ms, _, stage in rows.values())

@@ -93,6 +93,8 @@ class Profile:
     batch: int = 16
     teacher_steps: int = 2000
     teacher_lr: float = 1e-3
+    compile_teacher: bool = False     # torch.compile the teacher's training forward (1.15× on 2 CPU threads,
+                                      # benchmarks/toy_train_speed.py); the saved weights are the same module's
     ode_pairs: int = 32
     ode_steps: int = 100
     forcing_steps: int = 60           # teacher / diffusion forcing fine-tuning
@@ -262,6 +264,7 @@ def train_teacher(run: Run) -> CausalWanModel:
     p = run.p
     torch.manual_seed(p.seed)
     teacher = CausalWanModel(run.model_config, attention="sdpa").to(run.device)
+    forward = torch.compile(teacher) if p.compile_teacher else teacher
     opt = adamw(teacher, p.teacher_lr, betas=(0.9, 0.999))
     sched = FlowMatchScheduler(5.0)
     rng = torch.Generator(device=run.device).manual_seed(p.seed + 1)
@@ -273,7 +276,7 @@ def train_teacher(run: Run) -> CausalWanModel:
         ctx = torch.where(drop[:, None, None].to(ctx.device), torch.zeros_like(ctx), ctx)
         t = sample_chunk_timesteps(x0.shape[0], x0.shape[1], x0.shape[1], rng, sched, run.device)
         eps = torch.randn(x0.shape, generator=rng, device=rng.device).to(run.device)
-        v = teacher(sched.add_noise(x0, eps, t), t, ctx)
+        v = forward(sched.add_noise(x0, eps, t), t, ctx)
         err = (v - (eps - x0)) ** 2                                             # [B, F, C, h, w]
         if objects is None:
             loss = err.mean()
@@ -628,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--object-weight", type=float, default=None,
                     help="override the profile's teacher loss weight on object positions (1 + this; 0 = plain)")
     ap.add_argument("--data-pool", type=int, default=None, help="override the profile's encoded training clips")
+    ap.add_argument("--compile-teacher", action="store_true", default=None,
+                    help="train the teacher through torch.compile (needs a C++ compiler on CPU; 1.15x on 2 threads)")
     ap.add_argument("--dmd-guidance", type=float, default=None,
                     help="override the real score's CFG in DMD, cond + g·(cond − uncond) (profile default 0)")
     ap.add_argument("--rescore", action="store_true",
@@ -648,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("seed", args.seed), ("dmd_steps", args.dmd_steps),
                                    ("teacher_steps", args.teacher_steps), ("eval_samples", args.eval_samples),
                                    ("dmd_guidance", args.dmd_guidance), ("object_weight", args.object_weight),
-                                   ("data_pool", args.data_pool)) if v is not None}
+                                   ("data_pool", args.data_pool), ("compile_teacher", args.compile_teacher))
+                 if v is not None}
     profile = replace(profile, **overrides)
     if profile.object_weight < 0 or profile.data_pool < 0:
         ap.error(f"--object-weight / --data-pool: got {profile.object_weight:g} / {profile.data_pool}; both must be >= 0")

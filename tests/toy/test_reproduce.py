@@ -1,6 +1,7 @@
 """The Table 2 reproduction: TF/DF + DMD inputs, the report format, a CI-sized end-to-end run, and the
 shipped default checkpoint (trained by that command) against an untrained model of the same shape."""
 import json
+from dataclasses import replace
 import math
 
 import pytest
@@ -154,6 +155,24 @@ def test_negative_object_weight_is_refused_before_any_training(tmp_path, capsys)
     with pytest.raises(SystemExit):
         reproduce.main(["--profile", "smoke", "--object-weight", "-2", "--out", str(tmp_path / "x")])
     assert "--object-weight" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_compiled_teacher_trains_through_torch_compile_to_the_eager_weights(tmp_path):
+    """`compile_teacher` runs the teacher's training forward through torch.compile (a graph is compiled)
+    and lands on the eager teacher's weights (same data, noise and updates; only kernel rounding differs)."""
+    import torch._dynamo
+
+    profile = replace(reproduce.PROFILES["smoke"], teacher_steps=3, teacher_lr=0.1)   # steps that move the weights
+    eager = reproduce.train_teacher(reproduce.Run(profile, "cpu", tmp_path / "eager"))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = reproduce.train_teacher(reproduce.Run(replace(profile, compile_teacher=True), "cpu", tmp_path / "c"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    torch.manual_seed(profile.seed)   # train_teacher's initialisation
+    init = CausalWanModel(eager.config, attention="sdpa")
+    moved = max((a - b).abs().max().item() for a, b in zip(eager.state_dict().values(), init.state_dict().values()))
+    diff = max((a - b).abs().max().item() for a, b in zip(eager.state_dict().values(), compiled.state_dict().values()))
+    assert moved > 1e-3 and diff < 1e-2 * moved, (moved, diff)
 
 
 def _shipped_metrics(model, bundle, prompts, chunks):
