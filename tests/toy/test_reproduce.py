@@ -1,8 +1,8 @@
 """The Table 2 reproduction: TF/DF + DMD inputs, the report format, a CI-sized end-to-end run, and the
 shipped default checkpoint (trained by that command) against an untrained model of the same shape."""
 import json
-from dataclasses import replace
 import math
+from dataclasses import replace
 
 import pytest
 import torch
