@@ -23,6 +23,7 @@ from benchmarks.repeats import rounds, spread, timed  # noqa: E402
 from sf_core.config import ModelConfig  # noqa: E402
 from sf_core.model import CausalWanModel  # noqa: E402
 from sf_core.scheduler import FlowMatchScheduler  # noqa: E402
+from sf_core.toy.autoencoder import SPATIAL_STRIDE  # noqa: E402
 from sf_core.toy.reproduce import PROFILES  # noqa: E402
 
 VARIANTS = ("float32 eager", "bfloat16 autocast", "torch.compile")
@@ -31,14 +32,15 @@ VARIANTS = ("float32 eager", "bfloat16 autocast", "torch.compile")
 def teacher_step(variant: str):
     """A closure running one training step of a fresh default-profile teacher (compiled on first call)."""
     p = PROFILES["default"]
-    cfg = ModelConfig(dim=p.dim, ffn_dim=p.ffn_dim, num_heads=p.num_heads, num_layers=p.num_layers, in_dim=16,
-                      out_dim=16, text_dim=64, freq_dim=64, text_len=24)
+    c, h, w = p.latent_channels, p.height // SPATIAL_STRIDE, p.width // SPATIAL_STRIDE
+    cfg = ModelConfig(dim=p.dim, ffn_dim=p.ffn_dim, num_heads=p.num_heads, num_layers=p.num_layers, in_dim=c,
+                      out_dim=c, text_dim=64, freq_dim=64, text_len=24)   # as sf_core.toy.reproduce.Run builds it
     torch.manual_seed(0)
     model = CausalWanModel(cfg, attention="sdpa")
     forward = torch.compile(model) if variant == "torch.compile" else model
     opt = torch.optim.AdamW(model.parameters(), lr=p.teacher_lr)
     sched = FlowMatchScheduler(5.0)
-    x0, ctx = torch.randn(p.batch, p.frames, 16, 8, 8), torch.randn(p.batch, 24, 64)   # [B, F, C, h, w], [B, L, D]
+    x0, ctx = torch.randn(p.batch, p.frames, c, h, w), torch.randn(p.batch, 24, 64)   # [B, F, C, h, w], [B, L, D]
 
     def step() -> float:
         t = torch.rand(p.batch, p.frames) * 1000

@@ -93,8 +93,8 @@ class Profile:
     batch: int = 16
     teacher_steps: int = 2000
     teacher_lr: float = 1e-3
-    compile_teacher: bool = False     # torch.compile the teacher's training forward (1.15× on 2 CPU threads,
-                                      # benchmarks/toy_train_speed.py); the saved weights are the same module's
+    compile_teacher: bool = False     # torch.compile the teacher's training forward (1.09–1.12× on the stage, 2 CPU
+                                      # threads, docs/performance.md); the saved weights are the same module's
     ode_pairs: int = 32
     ode_steps: int = 100
     forcing_steps: int = 60           # teacher / diffusion forcing fine-tuning
@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="override the profile's teacher loss weight on object positions (1 + this; 0 = plain)")
     ap.add_argument("--data-pool", type=int, default=None, help="override the profile's encoded training clips")
     ap.add_argument("--compile-teacher", action="store_true", default=None,
-                    help="train the teacher through torch.compile (needs a C++ compiler on CPU; 1.15x on 2 threads)")
+                    help="train the teacher through torch.compile (needs a C++ compiler on CPU; ~1.1x on 2 threads)")
     ap.add_argument("--dmd-guidance", type=float, default=None,
                     help="override the real score's CFG in DMD, cond + g·(cond − uncond) (profile default 0)")
     ap.add_argument("--rescore", action="store_true",
