@@ -1,6 +1,7 @@
 """The toy autoencoder: Wan's frame rule, streamed == one-shot decode and encode, its file, its training,
 and the bundle / video-to-video plumbing that picks it up."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,8 +10,10 @@ from sf_core.generate.bundle import decoder_class, load_bundle
 from sf_core.generate.files import from_manifest
 from sf_core.media.timing import decoder_frame_counts
 from sf_core.toy.autoencoder import (AutoencoderConfig, ToyAutoencoder, ToyAutoencoderDecoder, ToyAutoencoderEncoder,
-                                     finetune_decoder, load_autoencoder, reconstruction_loss, save_autoencoder,
-                                     train_autoencoder, training_clips, with_new_decoder)
+                                     finetune_decoder, load_autoencoder, outline_mask, reconstruction_loss,
+                                     save_autoencoder, train_autoencoder, training_clips, with_new_decoder)
+from sf_core.toy.render import render
+from sf_core.toy.world import ObjectSpec, ObjectState, Scene, SceneSpec
 from sf_core.vae.encoders import encoder_for
 from sf_core.weights.files import WeightsError
 
@@ -166,3 +169,30 @@ def test_a_bundle_with_the_autoencoder_loads_and_names_a_bad_file(tmp_path):
     (tmp_path / "decoder.safetensors").write_bytes(b"\0" * 64)
     with pytest.raises(FileProblem, match="toy autoencoder file .*decoder.safetensors: .*expected the toy world's"):
         load_bundle(files, "cpu", torch.float32, torch.float32)
+
+
+def test_the_outline_mask_is_a_band_around_each_object_and_nothing_else():
+    spec = SceneSpec((ObjectSpec("square", "red", "static"),), ("navy", "olive"))   # a gradient background
+    frames = render([Scene(spec, (ObjectState(x=0.5, y=0.5, size=0.12),))], 1, height=64, width=64) * 2 - 1
+    mask = outline_mask(frames)[0, 0, 0]                                       # [H, W]
+    inside = frames[0, 0, 0] > 0.3                                            # the square: red, the background not
+    ys, xs = inside.nonzero().unbind(1)
+    band = torch.zeros_like(mask, dtype=torch.bool)
+    band[ys.min() - 2:ys.max() + 3, xs.min() - 2:xs.max() + 3] = True
+    band[ys.min() + 3:ys.max() - 2, xs.min() + 3:xs.max() - 2] = False
+    assert mask.sum() > 0 and bool((mask.bool() <= band).all())               # only near the outline
+    assert bool(mask[ys.min(), xs.min():xs.max() + 1].bool().all())           # the whole top edge
+    assert mask[32, 32] == 0 and mask[2, 2] == 0                              # not the middle, not the gradient
+
+
+def test_the_outline_weight_moves_the_loss_only_where_there_are_outlines():
+    torch.manual_seed(0)
+    plain = ToyAutoencoder(SMALL).eval()
+    weighted = ToyAutoencoder(replace(SMALL, outline_weight=8.0)).eval()
+    weighted.load_state_dict(plain.state_dict())
+    empty = render([Scene(SceneSpec((), ("gray", "gray")), ())], 9, height=32, width=32) * 2 - 1
+    clips = training_clips(2, 999, 0, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reconstruction_loss(weighted, empty, 0.0, None),
+                                   reconstruction_loss(plain, empty, 0.0, None))
+        assert abs(reconstruction_loss(weighted, clips, 0.0, None) - reconstruction_loss(plain, clips, 0.0, None)) > 1e-3

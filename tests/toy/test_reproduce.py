@@ -129,7 +129,7 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
     bundle = load_bundle(files, "cpu", torch.float32, torch.float32)
     assert bundle.model.config.in_dim == bundle.decoder.latent_channels == 4
     config = bundle.decoder.model.config   # the profile's decoder stage replaced the first decoder
-    assert (config.decoder_width, config.decoder_depth) == (16, 2)
+    assert (config.decoder_width, config.decoder_depth, config.outline_weight) == (16, 2, 8.0)
     assert sorted(p.name for p in default.iterdir()) == ["decoder.safetensors", "manifest.json", "model.safetensors"]
     # scoring the run again (after a decoder refinement) keeps its training record and notes the rescoring
     assert reproduce.main(["--rescore", "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.md")]) == 0
@@ -151,10 +151,26 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
         reproduce.main(["--profile", "smoke", "--autoencoder", str(first), "--out", str(tmp_path / "x")])
 
 
-def test_negative_object_weight_is_refused_before_any_training(tmp_path, capsys):
+def test_negative_loss_weights_are_refused_before_any_training(tmp_path, capsys):
+    for flag in ("--object-weight", "--outline-weight"):
+        with pytest.raises(SystemExit):
+            reproduce.main(["--profile", "smoke", flag, "-2", "--out", str(tmp_path / "x")])
+        assert "all must be >= 0" in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
+
+
+def test_a_compiled_teacher_without_a_cpp_compiler_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert reproduce.PROFILES["default"].compile_teacher
     with pytest.raises(SystemExit):
-        reproduce.main(["--profile", "smoke", "--object-weight", "-2", "--out", str(tmp_path / "x")])
-    assert "--object-weight" in capsys.readouterr().err and not (tmp_path / "x").exists()
+        reproduce.main(["--profile", "default", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert "'no-such-compiler-here'" in err and "--no-compile-teacher" in err and not (tmp_path / "x").exists()
+    profile = replace(reproduce.PROFILES["smoke"], compile_teacher=True)   # the flag turns the profile's default off
+    monkeypatch.setitem(reproduce.PROFILES, "smoke", profile)
+    assert reproduce.main(["--profile", "smoke", "--no-compile-teacher", "--only", "self_forcing_c3",
+                           "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.md")]) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["meta"]["profile"]["compile_teacher"] is False
 
 
 def test_compiled_teacher_trains_through_torch_compile_to_the_eager_weights(tmp_path):
