@@ -669,8 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--object-weight / --outline-weight / --data-pool: got {profile.object_weight:g} / "
                  f"{profile.autoencoder_outline_weight:g} / {profile.data_pool}; all must be >= 0")
     compiler = os.environ.get("CXX", "g++")   # what torch.compile's CPU backend calls
-    trains_teacher = args.init_from is None
-    if profile.compile_teacher and trains_teacher and args.device == "cpu" and not shutil.which(compiler):
+    if profile.compile_teacher and args.init_from is None and args.device == "cpu" and not shutil.which(compiler):
         ap.error(f"--compile-teacher (on in profile {profile.name!r}): torch.compile on CPU needs a C++ compiler, "
                  f"and {compiler!r} ($CXX or g++) is not on PATH; install g++ or pass --no-compile-teacher")
     only = None if args.only is None else set(args.only.split(","))

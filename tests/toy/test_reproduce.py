@@ -160,14 +160,14 @@ def test_negative_loss_weights_are_refused_before_any_training(tmp_path, capsys)
 
 
 def test_a_compiled_teacher_without_a_cpp_compiler_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("CXX", "no-such-compiler-here")
     assert reproduce.PROFILES["default"].compile_teacher
+    monkeypatch.setitem(reproduce.PROFILES, "smoke", replace(reproduce.PROFILES["smoke"], compile_teacher=True))
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.raises(SystemExit):
-        reproduce.main(["--profile", "default", "--out", str(tmp_path / "x")])
+        reproduce.main(["--profile", "smoke", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert "'no-such-compiler-here'" in err and "--no-compile-teacher" in err and not (tmp_path / "x").exists()
-    profile = replace(reproduce.PROFILES["smoke"], compile_teacher=True)   # the flag turns the profile's default off
-    monkeypatch.setitem(reproduce.PROFILES, "smoke", profile)
+    # --no-compile-teacher turns the profile's default off (and needs no compiler)
     assert reproduce.main(["--profile", "smoke", "--no-compile-teacher", "--only", "self_forcing_c3",
                            "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.md")]) == 0
     assert json.loads((tmp_path / "run" / "results.json").read_text())["meta"]["profile"]["compile_teacher"] is False
