@@ -101,6 +101,8 @@ class Profile:
     ode_steps: int = 100
     forcing_steps: int = 60           # teacher / diffusion forcing fine-tuning
     dmd_steps: int = 30               # generator steps of every DMD student
+    rollout_frames: int = 0           # self forcing rolls out this many latent frames and DMD judges the last
+                                      # `frames` of them (ObjectiveConfig.rollout_frames); 0 = `frames`
     critic_ratio: int = 2             # critic updates per generator update
     student_lr: float = 3e-4
     critic_lr: float = 3e-4
@@ -315,9 +317,10 @@ def ode_pairs(run: Run, teacher: CausalWanModel) -> tuple[torch.Tensor, torch.Te
     return trajs, ctxs
 
 
-def objective_config(run: Run, chunk: int, rolling_trick: bool = False) -> ObjectiveConfig:
+def objective_config(run: Run, chunk: int, rolling_trick: bool = False, rollout_frames: int = -1) -> ObjectiveConfig:
     return ObjectiveConfig(latent_shape=(run.p.frames, *run.latent), chunk_frames=chunk, guidance_scale=run.p.dmd_guidance,
-                           critic_updates_per_generator=run.p.critic_ratio, rolling_trick=rolling_trick)
+                           critic_updates_per_generator=run.p.critic_ratio, rolling_trick=rolling_trick,
+                           rollout_frames=rollout_frames)
 
 
 def train_loop(run: Run, name: str, objective, steps: int, batch_fn) -> None:
@@ -361,7 +364,10 @@ def ode_init(run: Run, teacher: CausalWanModel, trajs: torch.Tensor, ctxs: torch
 def train_student(run: Run, s: Student, init: CausalWanModel, teacher: CausalWanModel) -> CausalWanModel:
     torch.manual_seed(run.p.seed + 5)
     student = copy.deepcopy(init).requires_grad_(True).train()
-    cfg = objective_config(run, s.chunk, s.rolling_trick)
+    rolled = run.p.rollout_frames if s.method == "self_forcing" and run.p.rollout_frames else -1
+    cfg = objective_config(run, s.chunk, s.rolling_trick, rolled)
+    if rolled != -1:
+        run.log(f"{s.key}: rollouts of {rolled} latent frames, DMD on the last {run.p.frames}")
 
     def batch(step):
         _, ctx, latents, _ = run.data(10_000 + step)
@@ -641,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=None,
                     help="train the teacher through torch.compile (profile default; needs a C++ compiler on CPU; "
                          "~1.1x on 2 threads)")
+    ap.add_argument("--rollout-frames", type=int, default=None,
+                    help="self forcing rolls out this many latent frames and DMD judges the last training-length "
+                         "ones (a multiple of the chunk, >= the training length; profile default 0 = the training length)")
     ap.add_argument("--dmd-guidance", type=float, default=None,
                     help="override the real score's CFG in DMD, cond + g·(cond − uncond) (profile default 0)")
     ap.add_argument("--rescore", action="store_true",
@@ -662,7 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                                    ("teacher_steps", args.teacher_steps), ("eval_samples", args.eval_samples),
                                    ("dmd_guidance", args.dmd_guidance), ("object_weight", args.object_weight),
                                    ("data_pool", args.data_pool), ("compile_teacher", args.compile_teacher),
-                                   ("autoencoder_outline_weight", args.outline_weight))
+                                   ("autoencoder_outline_weight", args.outline_weight),
+                                   ("rollout_frames", args.rollout_frames))
                  if v is not None}
     profile = replace(profile, **overrides)
     if min(profile.object_weight, profile.autoencoder_outline_weight, profile.data_pool) < 0:
@@ -672,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     if profile.compile_teacher and args.init_from is None and args.device == "cpu" and not shutil.which(compiler):
         ap.error(f"--compile-teacher (on in profile {profile.name!r}): torch.compile on CPU needs a C++ compiler, "
                  f"and {compiler!r} ($CXX or g++) is not on PATH; install g++ or pass --no-compile-teacher")
+    if profile.rollout_frames and (profile.rollout_frames < profile.frames or profile.rollout_frames % 3):
+        ap.error(f"--rollout-frames: got {profile.rollout_frames}; expected 0 or a multiple of 3 (the chunk) of at "
+                 f"least the training length {profile.frames}")
     only = None if args.only is None else set(args.only.split(","))
     unknown = sorted((only or set()) - {s.key for s in students()})
     if unknown:

@@ -61,6 +61,10 @@ class ObjectiveConfig:
     rollout_window: int = -1                 # explicit rollout window (frames); -1 with rolling_trick:
                                              # the largest window that hides the first chunk from the last
     rollout_sink: int = 0
+    rollout_frames: int = -1                 # latent frames the generator rolls out (-1: latent_shape's); when
+                                             # longer, DMD / SiD / GAN score its last latent_shape frames and the
+                                             # gradient skips that window's first chunk (it stands in for a clip
+                                             # start, as the official gradient mask does, selfforcing.md §7.2)
     gradient_checkpointing: bool = False     # checkpoint each chunk's exit-step forward
     guidance_scale: float = 3.0              # x0_real = cond + 3·(cond − uncond)
     min_step: float = 20.0
@@ -103,8 +107,14 @@ class ObjectiveConfig:
         return rolling_trick_window(self.latent_shape[0], self.chunk_frames, self.rollout_sink)
 
     def rollout(self) -> RolloutConfig:
+        frames = self.latent_shape[0]
+        rolled = frames if self.rollout_frames == -1 else self.rollout_frames
+        if rolled < frames:
+            raise ValueError(f"rollout_frames ({rolled}) must be -1 or at least latent_shape's {frames} frames "
+                             f"(the clip the scores judge)")
         return RolloutConfig(
-            num_frames=self.latent_shape[0], chunk_frames=self.chunk_frames, denoising_steps=self.denoising_steps,
+            num_frames=rolled, grad_frames=-1 if rolled == frames else frames - self.chunk_frames,
+            chunk_frames=self.chunk_frames, denoising_steps=self.denoising_steps,
             warp=self.warp, shift=self.shift, last_step_only=self.last_step_only,
             same_step_across_blocks=self.same_step_across_blocks, context_noise=self.context_noise,
             training_cache_noise=self.training_cache_noise, rollout_window=self.window(),
@@ -149,17 +159,22 @@ class SelfForcingObjective:
         return self_rollout(self.generator, batch.context, (c, h, w), self.rollout_config, info.shared_rng,
                             rng_noise(info.local_rng), with_grad=with_grad, dtype=dtype)
 
+    def scored_rollout(self, batch: TrainBatch, info: StepInfo, with_grad: bool) -> tuple[torch.Tensor, RolloutResult]:
+        """(the clip the losses judge: the rollout's last latent_shape frames [B, F, C, h, w], the rollout)."""
+        out = self.rollout(batch, info, with_grad)
+        return out.video[:, out.video.shape[1] - self.cfg.latent_shape[0]:], out
+
     def generator_loss(self, batch: TrainBatch, info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, rng, sched = self.cfg, info.local_rng, self.scheduler
-        out = self.rollout(batch, info, with_grad=True)
+        video, out = self.scored_rollout(batch, info, with_grad=True)
         if self.name == "dmd":
-            loss, m = dmd_loss(out.video, batch.context, _negative(batch), self.teacher, self.critic, rng, sched,
+            loss, m = dmd_loss(video, batch.context, _negative(batch), self.teacher, self.critic, rng, sched,
                                cfg.guidance_scale, cfg.min_step, cfg.max_step)
         elif self.name == "sid":
-            loss, m = sid_loss(out.video, batch.context, _negative(batch), self.teacher, self.critic, rng, sched,
+            loss, m = sid_loss(video, batch.context, _negative(batch), self.teacher, self.critic, rng, sched,
                                cfg.sid_alpha, cfg.guidance_scale, cfg.min_step, cfg.max_step)
         else:
-            loss, m = gan_generator_loss(out.video, batch.latents, batch.context, self.critic, self.discriminator,
+            loss, m = gan_generator_loss(video, batch.latents, batch.context, self.critic, self.discriminator,
                                          rng, sched, cfg.gan_g_weight, cfg.gan_relativistic, cfg.min_step,
                                          cfg.max_step)
         m["exit_step"] = float(out.exit_steps[0])
@@ -167,7 +182,7 @@ class SelfForcingObjective:
 
     def critic_loss(self, batch: TrainBatch, info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, rng, sched = self.cfg, info.local_rng, self.scheduler
-        fake = self.rollout(batch, info, with_grad=False).video
+        fake, _ = self.scored_rollout(batch, info, with_grad=False)
         if self.name != "gan":
             return critic_flow_loss(self.critic, fake, batch.context, rng, sched, cfg.min_step, cfg.max_step)
         if batch.latents is None:

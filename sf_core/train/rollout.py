@@ -42,10 +42,16 @@ class RolloutConfig:
                                           # latent frames during rollout; -1 = global (official code)
     rollout_sink: int = 0                 # frames pinned at the start of the rolling window
     gradient_checkpointing: bool = False  # recompute each chunk's exit-step forward during backward
+    grad_frames: int = -1                 # only the last grad_frames frames' exit steps build a graph (the
+                                          # earlier chunks are rolled out under no_grad); -1 = all frames
 
     def __post_init__(self):
         if self.num_frames % self.chunk_frames:
             raise ValueError(f"num_frames ({self.num_frames}) must be a multiple of chunk_frames ({self.chunk_frames})")
+        if self.grad_frames != -1 and not (0 < self.grad_frames <= self.num_frames
+                                           and self.grad_frames % self.chunk_frames == 0):
+            raise ValueError(f"grad_frames ({self.grad_frames}) must be -1 or a multiple of chunk_frames "
+                             f"({self.chunk_frames}) in (0, num_frames = {self.num_frames}]")
         if self.rollout_window != -1 and self.rollout_window < self.rollout_sink + self.chunk_frames:
             raise ValueError(f"rollout_window ({self.rollout_window}) must hold the sink ({self.rollout_sink}) "
                              f"plus one chunk ({self.chunk_frames} frames)")
@@ -53,6 +59,10 @@ class RolloutConfig:
     @property
     def num_chunks(self) -> int:
         return self.num_frames // self.chunk_frames
+
+    @property
+    def first_grad_chunk(self) -> int:
+        return 0 if self.grad_frames == -1 else (self.num_frames - self.grad_frames) // self.chunk_frames
 
 
 def rolling_trick_window(num_frames: int, chunk_frames: int, sink: int = 0) -> int:
@@ -103,8 +113,9 @@ def self_rollout(generator, context: torch.Tensor, latent_shape: tuple[int, int,
 
     latent_shape = (C, h, w). `noise` supplies all Gaussian noise (use `rng_noise(local_rng)` in training);
     `exit_steps` overrides the draw from `shared_rng`. With `with_grad=False` everything runs under no_grad
-    (the critic update's rollout). `dtype` (noise and KV cache) defaults to the generator's compute dtype:
-    bf16 under FSDP2 mixed precision (official), else its parameter dtype.
+    (the critic update's rollout); with `cfg.grad_frames` only the last chunks' exit steps build a graph.
+    `dtype` (noise and KV cache) defaults to the generator's compute dtype: bf16 under FSDP2 mixed precision
+    (official), else its parameter dtype.
     """
     channels, h, w = latent_shape
     batch = context.shape[0]
@@ -133,8 +144,9 @@ def self_rollout(generator, context: torch.Tensor, latent_shape: tuple[int, int,
                 x0 = sched.to_x0(x, generator(x, t, context, cache, start), t)
                 x = sched.add_noise(x0, noise(k, j + 1, shape, dtype, device), full_t(timesteps[j + 1]))
         t = full_t(timesteps[exit_step])
-        with torch.set_grad_enabled(with_grad):
-            x0 = _exit_forward(generator, x, t, context, cache, start, sched, cfg.gradient_checkpointing and with_grad)
+        grad = with_grad and k >= cfg.first_grad_chunk
+        with torch.set_grad_enabled(grad):
+            x0 = _exit_forward(generator, x, t, context, cache, start, sched, cfg.gradient_checkpointing and grad)
         with torch.no_grad():
             clean = x0.detach()
             ctx_t = full_t(cfg.context_noise)

@@ -232,3 +232,15 @@ def test_generate_without_model_arguments_streams_the_shipped_toy_model(tmp_path
     d = files.defaults
     first, later = decoder_frame_counts(decoder_class(files), stream.chunk_frames)   # 9, then 12 frames
     assert frames.shape == (first + later, d["height"], d["width"], 3) and fps == pytest.approx(d["fps"])
+
+
+def test_longer_self_forcing_rollouts_reach_the_student_stage(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--profile", "smoke", "--rollout-frames", "4", "--out", str(tmp_path / "x")])
+    assert "--rollout-frames: got 4" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert reproduce.main(["--profile", "smoke", "--rollout-frames", "12", "--only", "self_forcing_c3_rolling,tf_dmd_c3",
+                           "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.md")]) == 0
+    out = capsys.readouterr().out
+    assert "self_forcing_c3_rolling: rollouts of 12 latent frames, DMD on the last 6" in out
+    assert "tf_dmd_c3: rollouts" not in out   # teacher forcing has no rollout to lengthen
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["meta"]["profile"]["rollout_frames"] == 12

@@ -208,3 +208,29 @@ def test_contract_errors_and_config():
     obj = build_objective("teacher_forcing", {"latent_shape": SHAPE}, _model(0))
     with pytest.raises(ValueError, match="TrainBatch.latents"):
         obj.generator_loss(TrainBatch(_rand(1, 5, TINY_DIT.text_dim), None), _info())
+
+
+@pytest.mark.parametrize("name", ["dmd", "sid", "gan"])
+def test_longer_rollout_is_judged_on_its_last_clip_without_its_first_chunk(name):
+    """rollout_frames = 2 clips: the scores see the last clip only (teacher / critic inputs are one clip long),
+    that clip equals the end of a plain rollout of 12 frames, and its first chunk carries no gradient."""
+    gen, teacher, critic = _model(0), _model(1, frozen=True), _model(2)
+    obj = build_objective(name, {"latent_shape": SHAPE, "rollout_frames": 12, "rolling_trick": True},
+                          gen, teacher, critic)
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1])) for m in (teacher, critic)]
+    loss, _ = obj.generator_loss(_batch(), _info())
+    for h in hooks:
+        h.remove()
+    assert seen and set(seen) == {SHAPE[0]}
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.parameters())
+    video, out = obj.scored_rollout(_batch(), _info(), with_grad=True)
+    assert out.video.shape[1] == 12 and torch.equal(video, out.video[:, 6:])
+    assert [c.requires_grad for c in out.chunk_outputs] == [False, False, False, True]
+    plain = build_objective(name, {"latent_shape": (12, *SHAPE[1:]), "rolling_trick": True,
+                                   "rollout_window": obj.cfg.window()}, gen, teacher, critic)
+    reference, _ = plain.scored_rollout(_batch(), _info(), with_grad=False)
+    assert torch.allclose(video, reference[:, 6:], atol=1e-6)
+    with pytest.raises(ValueError, match="rollout_frames"):
+        build_objective(name, {"latent_shape": SHAPE, "rollout_frames": 3}, gen, teacher, critic)

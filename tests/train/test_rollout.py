@@ -260,3 +260,18 @@ def test_lora_without_context_adapters_backpropagates_through_rollout():
     out.video.square().mean().backward()
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_grad_frames_builds_a_graph_only_for_the_last_chunks(tiny_model):
+    tiny_model.requires_grad_(True)
+    exits = [1, 2, 0, 3]
+    full = _rollout(tiny_model, RolloutConfig(num_frames=12, same_step_across_blocks=False), exits, SeededNoise(2))
+    cfg = RolloutConfig(num_frames=12, same_step_across_blocks=False, grad_frames=6)
+    out = _rollout(tiny_model, cfg, exits, SeededNoise(2))
+    assert cfg.first_grad_chunk == 2
+    assert [c.requires_grad for c in out.chunk_outputs] == [False, False, True, True]
+    assert all(c.requires_grad for c in full.chunk_outputs)
+    assert torch.allclose(out.video, full.video.detach(), atol=1e-6)
+    for bad in (4, 15, 0):
+        with pytest.raises(ValueError, match="grad_frames"):
+            RolloutConfig(num_frames=12, grad_frames=bad)
