@@ -166,6 +166,26 @@ def object_coverage(scenes: list[Scene], num_frames: int, start_frame: int = 0, 
     return _frame_coverage(SceneBatch(scenes).to(device), num_frames, start_frame, height, width).amax(1)
 
 
+def visible_shape_coverage(cover: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """How much of every pixel shows each shape kind once objects are composited in order (later in front):
+    cover [B, K, F, H, W], shape [B, K] -> [B, F, len(SHAPES), H, W] in [0, 1], summing to <= 1 per pixel."""
+    visible, hidden = torch.zeros_like(cover), torch.zeros_like(cover[:, 0])
+    for k in reversed(range(cover.shape[1])):
+        visible[:, k] = cover[:, k] * (1 - hidden)
+        hidden = hidden + visible[:, k]
+    kinds = F.one_hot(shape.clamp(min=0), len(SHAPES)).to(cover.dtype) * (shape >= 0).unsqueeze(-1)  # [B, K, S]
+    return torch.einsum("bkfhw,bks->bfshw", visible, kinds)
+
+
+def render_with_shapes(scenes: list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,
+                       width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`render` of a list and its :func:`visible_shape_coverage`, from one coverage pass -> [B, F, 3, H, W] twice."""
+    batch = SceneBatch(scenes)
+    cover = _frame_coverage(batch, num_frames, start_frame, height, width)
+    video = composite(cover, batch.colour, background_image(batch.background, height, width))
+    return video, visible_shape_coverage(cover, batch.shape)
+
+
 def render(scene: Scene | list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,
            width: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
     """Ground-truth pixels: one scene -> [F, 3, H, W]; a list -> [B, F, 3, H, W]. Any length, any start."""

@@ -82,6 +82,7 @@ class Profile:
     autoencoder_noise: float = 0.05   # std of the training noise on the raw latents
     autoencoder_width: int = 64
     autoencoder_outline_weight: float = 0.0   # loss weight 1 + this near object outlines (AutoencoderConfig)
+    autoencoder_shape_code: float = 0.0       # weight tying latent channels 0..2 to shape coverage (AutoencoderConfig)
     latent_channels: int = 16
     decoder_width: int = 96           # the autoencoder's decoder (trained with its encoder)
     decoder_depth: int = 2
@@ -139,7 +140,7 @@ PROFILES = {
                      eval_lengths=(1, 2)),
     "smoke_autoencoder": Profile("smoke_autoencoder", height=32, width=32, frames=6, latent="autoencoder",
                                  autoencoder_steps=2, autoencoder_crop=16, autoencoder_width=16, latent_channels=4,
-                                 autoencoder_outline_weight=8.0, decoder_steps=2, decoder_width=16, data_pool=8,
+                                 autoencoder_outline_weight=8.0, autoencoder_shape_code=5.0, decoder_steps=2, decoder_width=16, data_pool=8,
                                  object_weight=4.0, dim=32, ffn_dim=64, num_layers=1, batch=2, teacher_steps=2,
                                  ode_pairs=2, ode_steps=2, forcing_steps=2, dmd_steps=1, critic_ratio=1,
                                  many_steps=2, eval_samples=2, eval_lengths=(1, 2)),
@@ -254,7 +255,7 @@ def autoencoder_stage(run: Run, source: Path | None):
         run.log(f"autoencoder loaded from {source}")
     else:
         config = AutoencoderConfig(p.latent_channels, p.autoencoder_width, p.autoencoder_noise, p.decoder_width,
-                                   p.decoder_depth, p.autoencoder_outline_weight)
+                                   p.decoder_depth, p.autoencoder_outline_weight, p.autoencoder_shape_code)
         model = train_autoencoder(p.autoencoder_steps, p.autoencoder_batch, p.height, p.width, TRAIN_SEED + p.seed,
                                   config, log=run.log, device=run.device, crop=p.autoencoder_crop)
         if p.decoder_steps:   # on the stored (float16) encoder, as `python -m sf_core.toy.autoencoder` does
@@ -644,6 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-pool", type=int, default=None, help="override the profile's encoded training clips")
     ap.add_argument("--outline-weight", type=float, default=None,
                     help="override the profile's autoencoder loss weight near object outlines (1 + this; 0 = plain)")
+    ap.add_argument("--shape-code", type=float, default=None,
+                    help="override the profile's autoencoder weight tying latent channels 0..2 to each cell's "
+                         "circle / square / triangle coverage (0 = none)")
     ap.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=None,
                     help="train the teacher through torch.compile (profile default; needs a C++ compiler on CPU; "
                          "~1.1x on 2 threads)")
@@ -672,12 +676,15 @@ def main(argv: list[str] | None = None) -> int:
                                    ("dmd_guidance", args.dmd_guidance), ("object_weight", args.object_weight),
                                    ("data_pool", args.data_pool), ("compile_teacher", args.compile_teacher),
                                    ("autoencoder_outline_weight", args.outline_weight),
+                                   ("autoencoder_shape_code", args.shape_code),
                                    ("rollout_frames", args.rollout_frames))
                  if v is not None}
     profile = replace(profile, **overrides)
-    if min(profile.object_weight, profile.autoencoder_outline_weight, profile.data_pool) < 0:
-        ap.error(f"--object-weight / --outline-weight / --data-pool: got {profile.object_weight:g} / "
-                 f"{profile.autoencoder_outline_weight:g} / {profile.data_pool}; all must be >= 0")
+    if min(profile.object_weight, profile.autoencoder_outline_weight, profile.autoencoder_shape_code,
+           profile.data_pool) < 0:
+        ap.error(f"--object-weight / --outline-weight / --shape-code / --data-pool: got {profile.object_weight:g} / "
+                 f"{profile.autoencoder_outline_weight:g} / {profile.autoencoder_shape_code:g} / {profile.data_pool}; "
+                 "all must be >= 0")
     compiler = os.environ.get("CXX", "g++")   # what torch.compile's CPU backend calls
     if profile.compile_teacher and args.init_from is None and args.device == "cpu" and not shutil.which(compiler):
         ap.error(f"--compile-teacher (on in profile {profile.name!r}): torch.compile on CPU needs a C++ compiler, "

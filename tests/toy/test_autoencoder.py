@@ -10,9 +10,9 @@ from sf_core.generate.bundle import decoder_class, load_bundle
 from sf_core.generate.files import from_manifest
 from sf_core.media.timing import decoder_frame_counts
 from sf_core.toy.autoencoder import (AutoencoderConfig, ToyAutoencoder, ToyAutoencoderDecoder, ToyAutoencoderEncoder,
-                                     finetune_decoder, load_autoencoder, outline_mask, reconstruction_loss,
+                                     finetune_decoder, load_autoencoder, outline_mask, reconstruction_loss, shape_code_target,
                                      save_autoencoder, train_autoencoder, training_clips, with_new_decoder)
-from sf_core.toy.render import render
+from sf_core.toy.render import render, render_with_shapes
 from sf_core.toy.world import ObjectSpec, ObjectState, Scene, SceneSpec
 from sf_core.vae.encoders import encoder_for
 from sf_core.weights.files import WeightsError
@@ -89,21 +89,23 @@ def test_file_round_trip_and_errors(tmp_path):
 
 def test_training_crops_are_windows_of_the_frames_on_the_latent_grid():
     def window(step):   # (y, x) of the step's crop in its full frames
-        full, crop = training_clips(2, 5, step, 64, 64), training_clips(2, 5, step, 64, 64, crop=32)
-        assert crop.shape == (2, 9, 3, 32, 32)
+        (full, full_shapes), (crop, shapes) = training_clips(2, 5, step, 64, 64), training_clips(2, 5, step, 64, 64, crop=32)
+        assert crop.shape == shapes.shape == (2, 9, 3, 32, 32)
         hits = [(y, x) for y in range(0, 33, 8) for x in range(0, 33, 8)
                 if torch.equal(crop, full[..., y:y + 32, x:x + 32])]
         assert len(hits) >= 1, step
+        y, x = hits[0]
+        assert torch.equal(shapes, full_shapes[..., y:y + 32, x:x + 32])   # the coverage is cropped alike
         return hits[0]
 
     assert len({window(step) for step in range(25)}) == 25    # every window on the grid, in turn
-    assert torch.equal(training_clips(2, 5, 3, 64, 64, crop=64), training_clips(2, 5, 3, 64, 64))
+    assert torch.equal(training_clips(2, 5, 3, 64, 64, crop=64)[0], training_clips(2, 5, 3, 64, 64)[0])
     with pytest.raises(ValueError, match="crop 20 is not a multiple of the spatial stride 8"):
         training_clips(2, 5, 3, 64, 64, crop=20)
 
 
 def test_training_reduces_the_reconstruction_error():
-    clips = training_clips(4, 999, 0, 32, 32)
+    clips = training_clips(4, 999, 0, 32, 32)[0]
     before = reconstruction_loss(ToyAutoencoder(SMALL), clips, 0.0, None)
     torch.manual_seed(0)
     trained = train_autoencoder(40, batch=4, height=32, width=32, config=SMALL, log=lambda _: None)
@@ -116,7 +118,7 @@ def test_training_reduces_the_reconstruction_error():
 
 def test_decoder_finetuning_keeps_the_latent_space_and_lowers_the_error(tmp_path):
     model = _model()
-    clips = training_clips(4, 999, 0, 32, 32)
+    clips = training_clips(4, 999, 0, 32, 32)[0]
     latents = model.encode(clips)
     with torch.no_grad():
         before = reconstruction_loss(model, clips, 0.0, None)
@@ -134,7 +136,7 @@ def test_decoder_finetuning_keeps_the_latent_space_and_lowers_the_error(tmp_path
 
 def test_a_new_decoder_keeps_the_latent_space_and_its_shape_travels_in_the_file(tmp_path):
     model = _model()
-    clips = training_clips(4, 999, 0, 32, 32)
+    clips = training_clips(4, 999, 0, 32, 32)[0]
     path = save_autoencoder(model, tmp_path / "ae.safetensors")
     from sf_core.toy.autoencoder import main
     assert main([str(path), "--steps", "30", "--new-decoder", "24", "2", "--lr", "3e-3",
@@ -191,8 +193,34 @@ def test_the_outline_weight_moves_the_loss_only_where_there_are_outlines():
     weighted = ToyAutoencoder(replace(SMALL, outline_weight=8.0)).eval()
     weighted.load_state_dict(plain.state_dict())
     empty = render([Scene(SceneSpec((), ("gray", "gray")), ())], 9, height=32, width=32) * 2 - 1
-    clips = training_clips(2, 999, 0, 32, 32)
+    clips = training_clips(2, 999, 0, 32, 32)[0]
     with torch.no_grad():
         torch.testing.assert_close(reconstruction_loss(weighted, empty, 0.0, None),
                                    reconstruction_loss(plain, empty, 0.0, None))
         assert abs(reconstruction_loss(weighted, clips, 0.0, None) - reconstruction_loss(plain, clips, 0.0, None)) > 1e-3
+
+
+def test_the_shape_code_target_names_each_cells_shape():
+    square = Scene(SceneSpec((ObjectSpec("square", "red", "static"),), ("gray", "gray")),
+                   (ObjectState(x=0.3, y=0.3, size=0.14),))             # a 16-px square over pixels 11..27
+    _, shapes = render_with_shapes([square], 9, height=64, width=64)
+    target = shape_code_target(shapes)                                       # [1, 3, 3, 8, 8]
+    assert target.shape == (1, 3, 3, 8, 8)
+    assert target[:, :, 0].max() == 0 and target[:, :, 2].max() == 0         # no circle, no triangle
+    assert torch.isclose(target[0, 0, 1].sum() * 64, 0.9 * shapes[0, 0, 1].sum())   # the square's area, × 0.9
+    assert target.max() <= 0.9 + 1e-6 and torch.allclose(target[0, :, 1, 2, 2], torch.tensor(0.9))   # cell 16..24
+
+
+def test_training_with_the_shape_code_writes_shape_into_the_first_channels():
+    clips, shapes = training_clips(4, 999, 0, 32, 32)
+    target = shape_code_target(shapes)
+    errors = {}
+    for weight in (0.0, 5.0):
+        torch.manual_seed(0)
+        model = train_autoencoder(30, batch=4, height=32, width=32, config=replace(SMALL, shape_code=weight),
+                                  log=lambda _: None)
+        with torch.no_grad():
+            errors[weight] = torch.nn.functional.mse_loss(model.encode_raw(clips)[:, :, :3], target).item()
+    assert errors[5.0] < 0.5 * errors[0.0], errors
+    with pytest.raises(ValueError, match="shape_code > 0 needs the clips' shape coverage"):
+        reconstruction_loss(model, clips, 0.0, None)

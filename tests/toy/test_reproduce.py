@@ -152,7 +152,7 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
 
 
 def test_negative_loss_weights_are_refused_before_any_training(tmp_path, capsys):
-    for flag in ("--object-weight", "--outline-weight"):
+    for flag in ("--object-weight", "--outline-weight", "--shape-code"):
         with pytest.raises(SystemExit):
             reproduce.main(["--profile", "smoke", flag, "-2", "--out", str(tmp_path / "x")])
         assert "all must be >= 0" in capsys.readouterr().err

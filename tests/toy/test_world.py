@@ -7,9 +7,10 @@ import torch
 from sf_core.toy.dataset import ToyVideoDataset, sample_batch
 from sf_core.toy.autoencoder import AutoencoderConfig, ToyAutoencoder
 from sf_core.toy.latents import PIXELS, AutoencoderSpace
-from sf_core.toy.render import (SceneBatch, background_image, coverage, from_latent, render, to_latent,
-                                trajectories)
-from sf_core.toy.world import (EXTENT, MOTIONS, RANGES, ObjectSpec, PromptError, SceneSpec,
+from sf_core.toy.render import (SceneBatch, background_image, coverage, from_latent, render, render_with_shapes,
+                                to_latent, trajectories)
+from sf_core.toy.world import (BACKGROUND_COLOURS, EXTENT, MOTIONS, OBJECT_COLOURS, RANGES, ObjectSpec, ObjectState,
+                               PromptError, Scene, SceneSpec,
                                parse_prompt, sample_scenes, scene_for)
 
 
@@ -149,3 +150,22 @@ def test_object_footprint_is_where_the_frames_differ_from_the_background():
     differs = (frames != bg.unsqueeze(1)).any(2)                                   # [B, T, H, W]
     assert objects.dtype == torch.bool and torch.equal(objects, PIXELS.footprint(differs))
     assert 0.05 < objects.float().mean() < 0.6
+
+
+
+def test_visible_shape_coverage_is_what_the_composite_shows_of_each_shape():
+    spec = SceneSpec((ObjectSpec("square", "red", "static"), ObjectSpec("circle", "blue", "right"),
+                      ObjectSpec("triangle", "white", "static")), ("navy", "navy"))
+    scene = Scene(spec, (ObjectState(x=0.4, y=0.5, size=0.14), ObjectState(x=0.45, y=0.5, size=0.12, speed=0.02),
+                         ObjectState(x=0.8, y=0.2, size=0.1)))    # the circle half in front of the square
+    video, shapes = render_with_shapes([scene], 6, height=32, width=32)     # [1, 6, 3, 32, 32] each
+    assert torch.equal(video, render([scene], 6, height=32, width=32))
+    # the composite is the background where no shape shows plus each shape's colour where it shows
+    colours = torch.tensor([OBJECT_COLOURS[name] for name in ("blue", "red", "white")])   # circle, square, triangle
+    background = torch.tensor(BACKGROUND_COLOURS["navy"]).view(3, 1, 1)
+    rebuilt = background * (1 - shapes.sum(2, keepdim=True)) + torch.einsum("bfshw,sc->bfchw", shapes, colours)
+    torch.testing.assert_close(rebuilt, video, atol=1e-5, rtol=0)
+    assert shapes.min() >= 0 and shapes.sum(2).max() <= 1 + 1e-6
+    covered = coverage(*trajectories(SceneBatch([scene]), torch.arange(6)), SceneBatch([scene]).shape, 32, 32)
+    assert shapes[:, :, 1].sum() < covered[:, 0].sum() - 20          # the square is partly hidden (> 20 px)
+    torch.testing.assert_close(shapes[:, :, 0], covered[:, 1])         # the circle in front shows whole
