@@ -179,7 +179,8 @@ def visible_shape_coverage(cover: torch.Tensor, shape: torch.Tensor) -> torch.Te
 
 def render_with_shapes(scenes: list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,
                        width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`render` of a list and its :func:`visible_shape_coverage`, from one coverage pass -> [B, F, 3, H, W] twice."""
+    """:func:`render` of a list and its :func:`visible_shape_coverage`, from one coverage pass
+    -> [B, F, 3, H, W] twice."""
     batch = SceneBatch(scenes)
     cover = _frame_coverage(batch, num_frames, start_frame, height, width)
     video = composite(cover, batch.colour, background_image(batch.background, height, width))

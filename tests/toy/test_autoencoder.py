@@ -89,7 +89,8 @@ def test_file_round_trip_and_errors(tmp_path):
 
 def test_training_crops_are_windows_of_the_frames_on_the_latent_grid():
     def window(step):   # (y, x) of the step's crop in its full frames
-        (full, full_shapes), (crop, shapes) = training_clips(2, 5, step, 64, 64), training_clips(2, 5, step, 64, 64, crop=32)
+        full, full_shapes = training_clips(2, 5, step, 64, 64)
+        crop, shapes = training_clips(2, 5, step, 64, 64, crop=32)
         assert crop.shape == shapes.shape == (2, 9, 3, 32, 32)
         hits = [(y, x) for y in range(0, 33, 8) for x in range(0, 33, 8)
                 if torch.equal(crop, full[..., y:y + 32, x:x + 32])]
