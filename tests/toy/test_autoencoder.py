@@ -10,8 +10,9 @@ from sf_core.generate.bundle import decoder_class, load_bundle
 from sf_core.generate.files import from_manifest
 from sf_core.media.timing import decoder_frame_counts
 from sf_core.toy.autoencoder import (AutoencoderConfig, ToyAutoencoder, ToyAutoencoderDecoder, ToyAutoencoderEncoder,
-                                     finetune_decoder, load_autoencoder, outline_mask, reconstruction_loss, shape_code_target,
-                                     save_autoencoder, train_autoencoder, training_clips, with_new_decoder)
+                                     finetune_decoder, load_autoencoder, outline_mask, reconstruction_loss,
+                                     save_autoencoder, shape_code_target, train_autoencoder, training_clips,
+                                     with_new_decoder)
 from sf_core.toy.render import render, render_with_shapes
 from sf_core.toy.world import ObjectSpec, ObjectState, Scene, SceneSpec
 from sf_core.vae.encoders import encoder_for

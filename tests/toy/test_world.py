@@ -152,7 +152,6 @@ def test_object_footprint_is_where_the_frames_differ_from_the_background():
     assert 0.05 < objects.float().mean() < 0.6
 
 
-
 def test_visible_shape_coverage_is_what_the_composite_shows_of_each_shape():
     spec = SceneSpec((ObjectSpec("square", "red", "static"), ObjectSpec("circle", "blue", "right"),
                       ObjectSpec("triangle", "white", "static")), ("navy", "navy"))
