@@ -14,7 +14,8 @@ The decoder's only memory is the previous latent frame (zeros before the first),
 equals one-shot decoding exactly. It is trained on the toy renderer's frames (L1 + MSE + L1 of the image
 gradients; optionally weighted up near object outlines, `outline_weight`, so that the latents spend more of
 their variance on the objects than on the backgrounds; optionally, `shape_code`, with raw channels 0..2 tied to
-each latent cell's circle / square / triangle coverage, so that shape is as plain in the latents as colour) with
+each latent cell's circle / square / triangle coverage, and `motion_code`, with channels 3..5 tied to its motion
+in x, y and size, so that shape and motion are as plain in the latents as colour) with
 Gaussian noise on the raw latents, which makes it forgiving of the DiT's small latent errors,
 optionally on 32 × 32 crops (a quarter of the cost a step; GroupNorm then sees crop statistics, so a short
 :func:`finetune_decoder` on whole frames follows, which restores colour accuracy). :func:`finetune_decoder`
@@ -38,7 +39,7 @@ from torch import nn
 from sf_core.weights.checkpoint import write_safetensors_atomic
 from sf_core.weights.files import WeightsError, check_state_dict, read_safetensors
 
-from .render import render_with_shapes
+from .render import CODES, render_with_codes
 from .world import sample_scenes
 
 SPATIAL_STRIDE, TEMPORAL_STRIDE = 8, 4
@@ -54,6 +55,12 @@ class AutoencoderConfig:
     decoder_depth: int = 1            # conv blocks at H/4 and at H/2 (more place outlines more precisely)
     outline_weight: float = 0.0       # training loss weighted 1 + this within 1 px of the objects' outlines
     shape_code: float = 0.0           # > 0: weight of a loss tying raw latent channels 0..2 to shape coverage
+    motion_code: float = 0.0          # > 0: weight of a loss tying raw latent channels 3..5 to motion
+
+    def __post_init__(self):
+        if self.motion_code and self.latent_channels < len(CODES):
+            raise ValueError(f"toy autoencoder: motion_code > 0 ties latent channels 3..5 to motion, so needs "
+                             f"latent_channels >= {len(CODES)}; got {self.latent_channels}")
 
 
 def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
@@ -224,21 +231,21 @@ def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> To
 def training_clips(batch: int, seed: int, step: int, height: int, width: int,
                    frames: int = 1 + 2 * TEMPORAL_STRIDE, crop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips of the seeded scene stream at a step-dependent start frame -> [B, frames, 3, H, W] in [-1, 1], and
-    where each shape kind shows in them (:func:`~sf_core.toy.render.visible_shape_coverage`, [B, frames, 3, H, W]);
+    what each pixel shows (shape and motion, :func:`~sf_core.toy.render.render_with_codes`, [B, frames, 6, H, W]);
     with `crop`, one step-dependent crop × crop window of both on the latent grid ([..., crop, crop]: the nets
     are convolutional, and a 32-pixel crop of 64-pixel frames costs a quarter of a full frame)."""
     scenes = sample_scenes(batch, seed, step * batch)
     start = (step * 7919) % 4096
-    clips, shapes = render_with_shapes(scenes, frames, start_frame=start, height=height, width=width)
+    clips, codes = render_with_codes(scenes, frames, start_frame=start, height=height, width=width)
     clips = clips * 2 - 1
     if crop is None or crop >= min(height, width):
-        return clips, shapes
+        return clips, codes
     if crop % SPATIAL_STRIDE:
         raise ValueError(f"toy autoencoder: crop {crop} is not a multiple of the spatial stride {SPATIAL_STRIDE}")
     rows, cols = (height - crop) // SPATIAL_STRIDE + 1, (width - crop) // SPATIAL_STRIDE + 1
     y, x = divmod((step * 7919) % (rows * cols), cols)   # 7919 is prime: every window in turn
     y, x = y * SPATIAL_STRIDE, x * SPATIAL_STRIDE
-    return clips[..., y:y + crop, x:x + crop], shapes[..., y:y + crop, x:x + crop]
+    return clips[..., y:y + crop, x:x + crop], codes[..., y:y + crop, x:x + crop]
 
 
 def outline_mask(frames: torch.Tensor) -> torch.Tensor:
@@ -253,31 +260,36 @@ def outline_mask(frames: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(edges, 3, 1, 1).reshape(*lead, 1, h, w)
 
 
-def shape_code_target(shapes: torch.Tensor) -> torch.Tensor:
-    """What raw latent channels 0..2 say under `shape_code`: the mean visible coverage of circle / square /
-    triangle over each latent cell (its 8 × 8 pixels and its group of frames, frame 0 alone), × 0.9 (inside
-    tanh's range): [B, 1 + 4k, 3, H, W] -> [B, 1 + k, 3, H/8, W/8] in [0, 0.9]."""
-    b, _, s, h, w = shapes.shape
-    groups = torch.cat([shapes[:, :1].expand(-1, TEMPORAL_STRIDE - 1, -1, -1, -1), shapes], 1)
+def code_target(codes: torch.Tensor) -> torch.Tensor:
+    """What raw latent channels 0..5 say under `shape_code` and `motion_code`: the mean over each latent cell
+    (its 8 × 8 pixels and its group of frames, frame 0 alone) of the visible coverage of circle / square /
+    triangle and of the visible motion in x, y and size (:data:`~sf_core.toy.render.CODES`), × 0.9 (inside
+    tanh's range): [B, 1 + 4k, 6, H, W] -> [B, 1 + k, 6, H/8, W/8], shape in [0, 0.9], motion in [-0.9, 0.9]."""
+    b, _, s, h, w = codes.shape
+    groups = torch.cat([codes[:, :1].expand(-1, TEMPORAL_STRIDE - 1, -1, -1, -1), codes], 1)
     groups = groups.reshape(b, -1, TEMPORAL_STRIDE, s, h, w).mean(2)                 # [B, 1 + k, 3, H, W]
     cells = F.avg_pool2d(groups.flatten(0, 1), SPATIAL_STRIDE)
     return 0.9 * cells.reshape(b, -1, s, h // SPATIAL_STRIDE, w // SPATIAL_STRIDE)
 
 
 def reconstruction_loss(model: ToyAutoencoder, clips: torch.Tensor, noise: float, gen: torch.Generator | None,
-                        frozen_encoder: bool = False, shapes: torch.Tensor | None = None):
+                        frozen_encoder: bool = False, codes: torch.Tensor | None = None):
     """L1 + MSE + L1 of the image gradients, of clips [B, 1 + 4k, 3, H, W] through encode -> (noisy raw
     latents) -> decode, on all 4 (1 + k) frames (frame 0's group of four copies included); L1 and MSE
     weighted 1 + `outline_weight` near outlines (:func:`outline_mask`; weights normalised to mean 1); plus
-    `shape_code` × the MSE of raw channels 0..2 against :func:`shape_code_target` of `shapes` (the clips'
-    shape coverage), so that the latents name each cell's shape as plainly as its colour."""
+    `shape_code` × the MSE of raw channels 0..2 and `motion_code` × that of channels 3..5 against
+    :func:`code_target` of `codes` (the clips' shape coverage and motion, :func:`training_clips`), so that the
+    latents name each cell's shape and motion as plainly as its colour."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
         raw = model.encode_raw(clips)                                        # [B, 1 + k, C, h, w]
-    code = 0.0
-    if model.config.shape_code and not frozen_encoder:
-        if shapes is None:
-            raise ValueError("toy autoencoder: shape_code > 0 needs the clips' shape coverage (training_clips)")
-        code = model.config.shape_code * F.mse_loss(raw[:, :, :3], shape_code_target(shapes))
+    code, config = 0.0, model.config
+    if (config.shape_code or config.motion_code) and not frozen_encoder:
+        if codes is None:
+            raise ValueError("toy autoencoder: shape_code / motion_code > 0 needs the clips' shape and motion "
+                             "codes (training_clips)")
+        target = code_target(codes)
+        code = (config.shape_code * F.mse_loss(raw[:, :, :3], target[:, :, :3])
+                + config.motion_code * F.mse_loss(raw[:, :, 3:6], target[:, :, 3:6]))
     if noise > 0:
         raw = raw + noise * torch.randn(raw.shape, generator=gen, device=raw.device)
     out = model.decode_sequence(raw)
@@ -301,8 +313,8 @@ def _fit(model: ToyAutoencoder, params, steps: int, clip_seed: int, noise: float
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        clips, shapes = training_clips(batch, clip_seed, step, height, width, crop=crop)
-        loss = reconstruction_loss(model, clips.to(device), noise, gen, frozen_encoder, shapes.to(device))
+        clips, codes = training_clips(batch, clip_seed, step, height, width, crop=crop)
+        loss = reconstruction_loss(model, clips.to(device), noise, gen, frozen_encoder, codes.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

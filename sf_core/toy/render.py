@@ -27,6 +27,10 @@ LATENT_CHANNELS = 3 * LATENT_FACTOR ** 2
 SQUARE_HALF_SIDE = math.sqrt(math.pi) / 2                  # half side, in sizes (area pi * size^2)
 TRIANGLE_INRADIUS = math.sqrt(math.pi / (3 * math.sqrt(3)))  # inradius of the equilateral triangle, in sizes
 
+CODES = (*SHAPES, "velocity x", "velocity y", "growth")   # what render_with_codes says of every pixel
+MOTION_SCALE = (0.05, 0.05, 0.025)   # velocity of x, y, size that codes ±1: translations are 0.02–0.045 a frame
+                                     # (0.4–0.9), orbits 0.02–0.08 (clamped), pulses' growth up to 0.026
+
 
 def to_latent(pixels: torch.Tensor) -> torch.Tensor:
     """[..., 3, H, W] in [0, 1] -> [..., 12, H/2, W/2] in [-1, 1]."""
@@ -166,25 +170,60 @@ def object_coverage(scenes: list[Scene], num_frames: int, start_frame: int = 0, 
     return _frame_coverage(SceneBatch(scenes).to(device), num_frames, start_frame, height, width).amax(1)
 
 
-def visible_shape_coverage(cover: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-    """How much of every pixel shows each shape kind once objects are composited in order (later in front):
-    cover [B, K, F, H, W], shape [B, K] -> [B, F, len(SHAPES), H, W] in [0, 1], summing to <= 1 per pixel."""
+def visible_coverage(cover: torch.Tensor) -> torch.Tensor:
+    """How much of every pixel shows each object once objects are composited in order (later in front):
+    cover [B, K, F, H, W] -> [B, K, F, H, W], summing to <= 1 over K."""
     visible, hidden = torch.zeros_like(cover), torch.zeros_like(cover[:, 0])
     for k in reversed(range(cover.shape[1])):
         visible[:, k] = cover[:, k] * (1 - hidden)
         hidden = hidden + visible[:, k]
+    return visible
+
+
+def visible_shape_coverage(cover: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """How much of every pixel shows each shape kind: cover [B, K, F, H, W], shape [B, K]
+    -> [B, F, len(SHAPES), H, W] in [0, 1], summing to <= 1 per pixel (:func:`visible_coverage`)."""
     kinds = F.one_hot(shape.clamp(min=0), len(SHAPES)).to(cover.dtype) * (shape >= 0).unsqueeze(-1)  # [B, K, S]
-    return torch.einsum("bkfhw,bks->bfshw", visible, kinds)
+    return torch.einsum("bkfhw,bks->bfshw", visible_coverage(cover), kinds)
 
 
-def render_with_shapes(scenes: list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,
-                       width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`render` of a list and its :func:`visible_shape_coverage`, from one coverage pass
-    -> [B, F, 3, H, W] twice."""
+def velocities(batch: SceneBatch, t: torch.Tensor) -> torch.Tensor:
+    """d/dt of :func:`trajectories` at frame times ``t`` [F]: (x, y, size) in frame widths (heights) per frame
+    -> [B, K, F, 3] float32 (exact derivatives: constant for left/right/up/down, tangential for orbit,
+    amplitude × omega × cos(angle) of the size for pulse, zero for static)."""
+    p = batch.params.unsqueeze(-1)
+    _, _, _, speed, omega, phase, radius, amp = p.unbind(-2)    # each [B, K, 1]
+    t = t.to(dtype=torch.float64, device=p.device).view(1, 1, -1)
+    m = batch.motion.unsqueeze(-1)
+    angle = phase + omega * t
+    zero = torch.zeros_like(angle)
+    signed = lambda neg, pos: torch.where(m == MOTIONS.index(neg), -speed, torch.where(m == MOTIONS.index(pos), speed, zero))
+    orbit = m == MOTIONS.index("orbit")
+    vx = torch.where(orbit, -radius * omega * torch.sin(angle), signed("left", "right"))
+    vy = torch.where(orbit, radius * omega * torch.cos(angle), signed("up", "down"))
+    vr = torch.where(m == MOTIONS.index("pulse"), amp * omega * torch.cos(angle), zero)
+    return torch.stack([vx, vy, vr], -1).float()
+
+
+def visible_motion(cover: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+    """How every pixel moves where objects show: cover [B, K, F, H, W], velocity [B, K, F, 3]
+    (:func:`velocities`) -> [B, F, 3, H, W] in [-1, 1]: visible coverage × velocity / :data:`MOTION_SCALE`
+    (clamped to ±1) of x, y and size, summed over the objects."""
+    v = (velocity / torch.tensor(MOTION_SCALE, device=velocity.device)).clamp(-1, 1)
+    return torch.einsum("bkfhw,bkfc->bfchw", visible_coverage(cover), v)
+
+
+def render_with_codes(scenes: list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,
+                      width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`render` of a list, and what every pixel shows (:data:`CODES`): its
+    :func:`visible_shape_coverage` and its :func:`visible_motion`, from one coverage pass
+    -> [B, F, 3, H, W] and [B, F, 6, H, W]."""
     batch = SceneBatch(scenes)
-    cover = _frame_coverage(batch, num_frames, start_frame, height, width)
+    t = torch.arange(start_frame, start_frame + num_frames, dtype=torch.float64)
+    cover = coverage(*trajectories(batch, t), batch.shape, height, width)
     video = composite(cover, batch.colour, background_image(batch.background, height, width))
-    return video, visible_shape_coverage(cover, batch.shape)
+    codes = torch.cat([visible_shape_coverage(cover, batch.shape), visible_motion(cover, velocities(batch, t))], 2)
+    return video, codes
 
 
 def render(scene: Scene | list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,

@@ -83,6 +83,7 @@ class Profile:
     autoencoder_width: int = 64
     autoencoder_outline_weight: float = 0.0   # loss weight 1 + this near object outlines (AutoencoderConfig)
     autoencoder_shape_code: float = 0.0       # weight tying latent channels 0..2 to shape coverage (AutoencoderConfig)
+    autoencoder_motion_code: float = 0.0      # weight tying latent channels 3..5 to motion (AutoencoderConfig)
     latent_channels: int = 16
     decoder_width: int = 96           # the autoencoder's decoder (trained with its encoder)
     decoder_depth: int = 2
@@ -257,7 +258,8 @@ def autoencoder_stage(run: Run, source: Path | None):
         run.log(f"autoencoder loaded from {source}")
     else:
         config = AutoencoderConfig(p.latent_channels, p.autoencoder_width, p.autoencoder_noise, p.decoder_width,
-                                   p.decoder_depth, p.autoencoder_outline_weight, p.autoencoder_shape_code)
+                                   p.decoder_depth, p.autoencoder_outline_weight, p.autoencoder_shape_code,
+                                   p.autoencoder_motion_code)
         model = train_autoencoder(p.autoencoder_steps, p.autoencoder_batch, p.height, p.width, TRAIN_SEED + p.seed,
                                   config, log=run.log, device=run.device, crop=p.autoencoder_crop)
         if p.decoder_steps:   # on the stored (float16) encoder, as `python -m sf_core.toy.autoencoder` does
@@ -650,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape-code", type=float, default=None,
                     help="override the profile's autoencoder weight tying latent channels 0..2 to each cell's "
                          "circle / square / triangle coverage (0 = none)")
+    ap.add_argument("--motion-code", type=float, default=None,
+                    help="override the profile's autoencoder weight tying latent channels 3..5 to each cell's "
+                         "motion in x, y and size (0 = none; needs >= 6 latent channels)")
     ap.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=None,
                     help="train the teacher through torch.compile (profile default; needs a C++ compiler on CPU; "
                          "~1.1x on 2 threads)")
@@ -679,14 +684,19 @@ def main(argv: list[str] | None = None) -> int:
                                    ("data_pool", args.data_pool), ("compile_teacher", args.compile_teacher),
                                    ("autoencoder_outline_weight", args.outline_weight),
                                    ("autoencoder_shape_code", args.shape_code),
+                                   ("autoencoder_motion_code", args.motion_code),
                                    ("rollout_frames", args.rollout_frames))
                  if v is not None}
     profile = replace(profile, **overrides)
     if min(profile.object_weight, profile.autoencoder_outline_weight, profile.autoencoder_shape_code,
-           profile.data_pool) < 0:
-        ap.error(f"--object-weight / --outline-weight / --shape-code / --data-pool: got {profile.object_weight:g} / "
-                 f"{profile.autoencoder_outline_weight:g} / {profile.autoencoder_shape_code:g} / {profile.data_pool}; "
+           profile.autoencoder_motion_code, profile.data_pool) < 0:
+        ap.error(f"--object-weight / --outline-weight / --shape-code / --motion-code / --data-pool: got "
+                 f"{profile.object_weight:g} / {profile.autoencoder_outline_weight:g} / "
+                 f"{profile.autoencoder_shape_code:g} / {profile.autoencoder_motion_code:g} / {profile.data_pool}; "
                  "all must be >= 0")
+    if profile.autoencoder_motion_code and profile.latent == "autoencoder" and profile.latent_channels < 6:
+        ap.error(f"--motion-code: ties latent channels 3..5 to motion, but profile {profile.name!r} has "
+                 f"{profile.latent_channels} latent channels; expected >= 6")
     compiler = os.environ.get("CXX", "g++")   # what torch.compile's CPU backend calls
     if profile.compile_teacher and args.init_from is None and args.device == "cpu" and not shutil.which(compiler):
         ap.error(f"--compile-teacher (on in profile {profile.name!r}): torch.compile on CPU needs a C++ compiler, "

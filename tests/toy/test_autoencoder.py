@@ -11,9 +11,9 @@ from sf_core.generate.files import from_manifest
 from sf_core.media.timing import decoder_frame_counts
 from sf_core.toy.autoencoder import (AutoencoderConfig, ToyAutoencoder, ToyAutoencoderDecoder, ToyAutoencoderEncoder,
                                      finetune_decoder, load_autoencoder, outline_mask, reconstruction_loss,
-                                     save_autoencoder, shape_code_target, train_autoencoder, training_clips,
+                                     code_target, save_autoencoder, train_autoencoder, training_clips,
                                      with_new_decoder)
-from sf_core.toy.render import render, render_with_shapes
+from sf_core.toy.render import MOTION_SCALE, render, render_with_codes
 from sf_core.toy.world import ObjectSpec, ObjectState, Scene, SceneSpec
 from sf_core.vae.encoders import encoder_for
 from sf_core.weights.files import WeightsError
@@ -90,14 +90,14 @@ def test_file_round_trip_and_errors(tmp_path):
 
 def test_training_crops_are_windows_of_the_frames_on_the_latent_grid():
     def window(step):   # (y, x) of the step's crop in its full frames
-        full, full_shapes = training_clips(2, 5, step, 64, 64)
-        crop, shapes = training_clips(2, 5, step, 64, 64, crop=32)
-        assert crop.shape == shapes.shape == (2, 9, 3, 32, 32)
+        full, full_codes = training_clips(2, 5, step, 64, 64)
+        crop, codes = training_clips(2, 5, step, 64, 64, crop=32)
+        assert crop.shape == (2, 9, 3, 32, 32) and codes.shape == (2, 9, 6, 32, 32)
         hits = [(y, x) for y in range(0, 33, 8) for x in range(0, 33, 8)
                 if torch.equal(crop, full[..., y:y + 32, x:x + 32])]
         assert len(hits) >= 1, step
         y, x = hits[0]
-        assert torch.equal(shapes, full_shapes[..., y:y + 32, x:x + 32])   # the coverage is cropped alike
+        assert torch.equal(codes, full_codes[..., y:y + 32, x:x + 32])     # the codes are cropped alike
         return hits[0]
 
     assert len({window(step) for step in range(25)}) == 25    # every window on the grid, in turn
@@ -202,27 +202,36 @@ def test_the_outline_weight_moves_the_loss_only_where_there_are_outlines():
         assert abs(reconstruction_loss(weighted, clips, 0.0, None) - reconstruction_loss(plain, clips, 0.0, None)) > 1e-3
 
 
-def test_the_shape_code_target_names_each_cells_shape():
-    square = Scene(SceneSpec((ObjectSpec("square", "red", "static"),), ("gray", "gray")),
-                   (ObjectState(x=0.3, y=0.3, size=0.14),))             # a 16-px square over pixels 11..27
-    _, shapes = render_with_shapes([square], 9, height=64, width=64)
-    target = shape_code_target(shapes)                                       # [1, 3, 3, 8, 8]
-    assert target.shape == (1, 3, 3, 8, 8)
-    assert target[:, :, 0].max() == 0 and target[:, :, 2].max() == 0         # no circle, no triangle
-    assert torch.isclose(target[0, 0, 1].sum() * 64, 0.9 * shapes[0, 0, 1].sum())   # the square's area, × 0.9
-    assert target.max() <= 0.9 + 1e-6 and torch.allclose(target[0, :, 1, 2, 2], torch.tensor(0.9))   # cell 16..24
+def test_the_code_target_names_each_cells_shape_and_motion():
+    square = Scene(SceneSpec((ObjectSpec("square", "red", "down"),), ("gray", "gray")),
+                   (ObjectState(x=0.3, y=0.3, size=0.14, speed=0.04),))   # a 16-px square over pixels 11..27
+    _, codes = render_with_codes([square], 9, height=64, width=64)
+    target = code_target(codes)                                            # [1, 3, 6, 8, 8]
+    assert target.shape == (1, 3, 6, 8, 8)
+    assert target[:, :, 0].max() == 0 and target[:, :, 2].max() == 0       # no circle, no triangle
+    assert torch.isclose(target[0, 0, 1].sum() * 64, 0.9 * codes[0, 0, 1].sum())   # the square's area, × 0.9
+    assert target.max() <= 0.9 + 1e-6 and torch.allclose(target[0, 0, 1, 2, 2], torch.tensor(0.9))  # cell 16..24
+    assert target[:, :, 3].abs().max() == 0 and target[:, :, 5].abs().max() == 0   # it moves in y only
+    torch.testing.assert_close(target[:, :, 4], 0.04 / MOTION_SCALE[1] * target[:, :, 1])   # down, where it is
 
 
-def test_training_with_the_shape_code_writes_shape_into_the_first_channels():
-    clips, shapes = training_clips(4, 999, 0, 32, 32)
-    target = shape_code_target(shapes)
+@pytest.mark.parametrize("code, channels", [("shape_code", slice(0, 3)), ("motion_code", slice(3, 6))])
+def test_training_with_a_code_writes_it_into_its_channels(code, channels):
+    clips, codes = training_clips(4, 999, 0, 32, 32)
+    target = code_target(codes)[:, :, channels]
     errors = {}
     for weight in (0.0, 5.0):
         torch.manual_seed(0)
-        model = train_autoencoder(30, batch=4, height=32, width=32, config=replace(SMALL, shape_code=weight),
-                                  log=lambda _: None)
+        config = replace(SMALL, latent_channels=6, **{code: weight})
+        model = train_autoencoder(30, batch=4, height=32, width=32, config=config, log=lambda _: None)
         with torch.no_grad():
-            errors[weight] = torch.nn.functional.mse_loss(model.encode_raw(clips)[:, :, :3], target).item()
+            errors[weight] = torch.nn.functional.mse_loss(model.encode_raw(clips)[:, :, channels], target).item()
     assert errors[5.0] < 0.5 * errors[0.0], errors
-    with pytest.raises(ValueError, match="shape_code > 0 needs the clips' shape coverage"):
+    with pytest.raises(ValueError, match="shape_code / motion_code > 0 needs the clips' shape and motion codes"):
         reconstruction_loss(model, clips, 0.0, None)
+
+
+def test_a_motion_code_needs_six_latent_channels():
+    with pytest.raises(ValueError, match="motion_code > 0 ties latent channels 3..5 to motion, so needs "
+                                         "latent_channels >= 6; got 4"):
+        replace(SMALL, motion_code=1.0)

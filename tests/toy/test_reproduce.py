@@ -152,11 +152,14 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
 
 
 def test_negative_loss_weights_are_refused_before_any_training(tmp_path, capsys):
-    for flag in ("--object-weight", "--outline-weight", "--shape-code"):
+    for flag in ("--object-weight", "--outline-weight", "--shape-code", "--motion-code"):
         with pytest.raises(SystemExit):
             reproduce.main(["--profile", "smoke", flag, "-2", "--out", str(tmp_path / "x")])
         assert "all must be >= 0" in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):   # the smoke autoencoder has 4 latent channels
+        reproduce.main(["--profile", "smoke_autoencoder", "--motion-code", "1", "--out", str(tmp_path / "x")])
+    assert "has 4 latent channels; expected >= 6" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_a_compiled_teacher_without_a_cpp_compiler_is_refused_before_any_training(tmp_path, capsys, monkeypatch):

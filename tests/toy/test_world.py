@@ -7,8 +7,8 @@ import torch
 from sf_core.toy.dataset import ToyVideoDataset, sample_batch
 from sf_core.toy.autoencoder import AutoencoderConfig, ToyAutoencoder
 from sf_core.toy.latents import PIXELS, AutoencoderSpace
-from sf_core.toy.render import (SceneBatch, background_image, coverage, from_latent, render, render_with_shapes,
-                                to_latent, trajectories)
+from sf_core.toy.render import (CODES, MOTION_SCALE, SceneBatch, background_image, coverage, from_latent, render,
+                                render_with_codes, to_latent, trajectories, velocities)
 from sf_core.toy.world import (BACKGROUND_COLOURS, EXTENT, MOTIONS, OBJECT_COLOURS, RANGES, ObjectSpec, ObjectState,
                                PromptError, Scene, SceneSpec,
                                parse_prompt, sample_scenes, scene_for)
@@ -157,8 +157,10 @@ def test_visible_shape_coverage_is_what_the_composite_shows_of_each_shape():
                       ObjectSpec("triangle", "white", "static")), ("navy", "navy"))
     scene = Scene(spec, (ObjectState(x=0.4, y=0.5, size=0.14), ObjectState(x=0.45, y=0.5, size=0.12, speed=0.02),
                          ObjectState(x=0.8, y=0.2, size=0.1)))    # the circle half in front of the square
-    video, shapes = render_with_shapes([scene], 6, height=32, width=32)     # [1, 6, 3, 32, 32] each
+    video, codes = render_with_codes([scene], 6, height=32, width=32)      # [1, 6, 3 | 6, 32, 32]
+    assert codes.shape == (1, 6, len(CODES), 32, 32)
     assert torch.equal(video, render([scene], 6, height=32, width=32))
+    shapes = codes[:, :, :3]
     # the composite is the background where no shape shows plus each shape's colour where it shows
     colours = torch.tensor([OBJECT_COLOURS[name] for name in ("blue", "red", "white")])   # circle, square, triangle
     background = torch.tensor(BACKGROUND_COLOURS["navy"]).view(3, 1, 1)
@@ -168,3 +170,29 @@ def test_visible_shape_coverage_is_what_the_composite_shows_of_each_shape():
     covered = coverage(*trajectories(SceneBatch([scene]), torch.arange(6)), SceneBatch([scene]).shape, 32, 32)
     assert shapes[:, :, 1].sum() < covered[:, 0].sum() - 20          # the square is partly hidden (> 20 px)
     torch.testing.assert_close(shapes[:, :, 0], covered[:, 1])         # the circle in front shows whole
+
+
+def test_velocities_are_the_derivatives_of_the_trajectories():
+    scenes = [scene_for(SceneSpec((ObjectSpec("circle", "red", m),), ("black", "black")), seed=3) for m in MOTIONS]
+    batch, t, h = SceneBatch(scenes), torch.arange(0.0, 30.0), 1e-3
+    ahead, behind = trajectories(batch, t + h), trajectories(batch, t - h)
+    numeric = torch.stack([((a.double() - b.double() + 0.5) % 1 - 0.5) / (2 * h) if i < 2
+                           else (a.double() - b.double()) / (2 * h)
+                           for i, (a, b) in enumerate(zip(ahead, behind))], -1)   # [B, K, F, 3], torus-wrapped
+    exact = velocities(batch, t)
+    torch.testing.assert_close(exact.double(), numeric, atol=2e-4, rtol=0)    # float32 positions over 2e-3
+    moving = {m: exact[i, 0].abs().amax(0) > 0 for i, m in enumerate(MOTIONS)}
+    assert moving["static"].tolist() == [False] * 3 and moving["left"].tolist() == [True, False, False]
+    assert moving["up"].tolist() == [False, True, False] and moving["pulse"].tolist() == [False, False, True]
+    assert moving["orbit"].tolist() == [True, True, False]
+
+
+def test_the_motion_codes_say_how_the_visible_pixels_move():
+    spec = SceneSpec((ObjectSpec("square", "red", "left"), ObjectSpec("circle", "blue", "static")), ("navy", "navy"))
+    scene = Scene(spec, (ObjectState(x=0.4, y=0.5, size=0.14, speed=0.03), ObjectState(x=0.5, y=0.5, size=0.1)))
+    _, codes = render_with_codes([scene], 4, height=32, width=32)
+    vx, vy, growth = codes[0, :, 3], codes[0, :, 4], codes[0, :, 5]
+    square = codes[0, :, 1]
+    assert vy.abs().max() == 0 and growth.abs().max() == 0
+    torch.testing.assert_close(vx, -0.03 / MOTION_SCALE[0] * square)     # where the square shows, at its speed
+    assert (vx[codes[0, :, 0] > 0.999] == 0).all()                       # the static circle in front hides it
