@@ -196,12 +196,11 @@ def velocities(batch: SceneBatch, t: torch.Tensor) -> torch.Tensor:
     t = t.to(dtype=torch.float64, device=p.device).view(1, 1, -1)
     m = batch.motion.unsqueeze(-1)
     angle = phase + omega * t
-    zero = torch.zeros_like(angle)
-    signed = lambda neg, pos: torch.where(m == MOTIONS.index(neg), -speed, torch.where(m == MOTIONS.index(pos), speed, zero))
+    is_ = lambda name: (m == MOTIONS.index(name)).double()                 # [B, K, 1]
     orbit = m == MOTIONS.index("orbit")
-    vx = torch.where(orbit, -radius * omega * torch.sin(angle), signed("left", "right"))
-    vy = torch.where(orbit, radius * omega * torch.cos(angle), signed("up", "down"))
-    vr = torch.where(m == MOTIONS.index("pulse"), amp * omega * torch.cos(angle), zero)
+    vx = torch.where(orbit, -radius * omega * torch.sin(angle), speed * (is_("right") - is_("left")))
+    vy = torch.where(orbit, radius * omega * torch.cos(angle), speed * (is_("down") - is_("up")))
+    vr = is_("pulse") * amp * omega * torch.cos(angle)
     return torch.stack([vx, vy, vr], -1).float()
 
 

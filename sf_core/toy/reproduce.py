@@ -130,23 +130,25 @@ PROFILES = {
     # real score is cond + 2·(cond − uncond). The autoencoder's loss weighted 9× near outlines makes shape 3.7×
     # louder in the latents and lifts the teacher 0.44 -> 0.50; tying latent channels 0..2 to each cell's shape
     # coverage (shape code 5) makes a shape change 1.7× a 4-px shift in the latents (from 0.36×) and lifts the
-    # student's shape accuracy from chance (0.35) to 0.58. The teacher, the longest stage, is compiled
-    # (1.09–1.12×; the whole run took 43–63 min on 2 threads, docs/reproduction.md).
+    # student's shape accuracy from chance (0.35) to 0.58; tying channels 3..5 to each cell's motion (motion
+    # code 5) lifts its motion accuracy from chance (0.21) to 0.50. The teacher, the longest stage, is compiled
+    # (1.09–1.12×; the whole run took 43–65 min on 2 threads, docs/reproduction.md).
     "default": Profile("default", height=64, width=64, latent="autoencoder", autoencoder_steps=4000,
                        autoencoder_batch=16, autoencoder_crop=32, autoencoder_noise=0.02, decoder_steps=500,
-                       autoencoder_outline_weight=8.0, autoencoder_shape_code=5.0, data_pool=6144, object_weight=4.0,
-                       dim=128, ffn_dim=256, num_heads=4, num_layers=4, teacher_steps=8000, teacher_lr=2e-3,
-                       compile_teacher=True, ode_pairs=256, ode_steps=800, ode_guidance=3.0,
-                       dmd_steps=300, dmd_guidance=2.0, eval_samples=16),
+                       autoencoder_outline_weight=8.0, autoencoder_shape_code=5.0, autoencoder_motion_code=5.0,
+                       data_pool=6144, object_weight=4.0, dim=128, ffn_dim=256, num_heads=4, num_layers=4,
+                       teacher_steps=8000, teacher_lr=2e-3, compile_teacher=True, ode_pairs=256, ode_steps=800,
+                       ode_guidance=3.0, dmd_steps=300, dmd_guidance=2.0, eval_samples=16),
     "smoke": Profile("smoke", frames=6, dim=32, ffn_dim=64, num_layers=1, batch=2, teacher_steps=2, ode_pairs=2,
                      ode_steps=2, forcing_steps=2, dmd_steps=1, critic_ratio=1, many_steps=2, eval_samples=2,
                      eval_lengths=(1, 2)),
     "smoke_autoencoder": Profile("smoke_autoencoder", height=32, width=32, frames=6, latent="autoencoder",
-                                 autoencoder_steps=2, autoencoder_crop=16, autoencoder_width=16, latent_channels=4,
-                                 autoencoder_outline_weight=8.0, autoencoder_shape_code=5.0, decoder_steps=2,
-                                 decoder_width=16, data_pool=8, object_weight=4.0, dim=32, ffn_dim=64, num_layers=1,
-                                 batch=2, teacher_steps=2, ode_pairs=2, ode_steps=2, forcing_steps=2, dmd_steps=1,
-                                 critic_ratio=1, many_steps=2, eval_samples=2, eval_lengths=(1, 2)),
+                                 autoencoder_steps=2, autoencoder_crop=16, autoencoder_width=16, latent_channels=6,
+                                 autoencoder_outline_weight=8.0, autoencoder_shape_code=5.0,
+                                 autoencoder_motion_code=5.0, decoder_steps=2, decoder_width=16, data_pool=8,
+                                 object_weight=4.0, dim=32, ffn_dim=64, num_layers=1, batch=2, teacher_steps=2,
+                                 ode_pairs=2, ode_steps=2, forcing_steps=2, dmd_steps=1, critic_ratio=1, many_steps=2,
+                                 eval_samples=2, eval_lengths=(1, 2)),
 }
 
 

@@ -127,9 +127,10 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
     files = from_manifest(default)
     assert files.decoder_kind == "toy_autoencoder" and files.defaults["width"] == 32
     bundle = load_bundle(files, "cpu", torch.float32, torch.float32)
-    assert bundle.model.config.in_dim == bundle.decoder.latent_channels == 4
+    assert bundle.model.config.in_dim == bundle.decoder.latent_channels == 6
     config = bundle.decoder.model.config   # the profile's decoder stage replaced the first decoder
     assert (config.decoder_width, config.decoder_depth, config.outline_weight) == (16, 2, 8.0)
+    assert (config.shape_code, config.motion_code) == (5.0, 5.0)
     assert sorted(p.name for p in default.iterdir()) == ["decoder.safetensors", "manifest.json", "model.safetensors"]
     # scoring the run again (after a decoder refinement) keeps its training record and notes the rescoring
     assert reproduce.main(["--rescore", "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.md")]) == 0
@@ -151,13 +152,15 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
         reproduce.main(["--profile", "smoke", "--autoencoder", str(first), "--out", str(tmp_path / "x")])
 
 
-def test_negative_loss_weights_are_refused_before_any_training(tmp_path, capsys):
+def test_negative_loss_weights_are_refused_before_any_training(tmp_path, capsys, monkeypatch):
     for flag in ("--object-weight", "--outline-weight", "--shape-code", "--motion-code"):
         with pytest.raises(SystemExit):
             reproduce.main(["--profile", "smoke", flag, "-2", "--out", str(tmp_path / "x")])
         assert "all must be >= 0" in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
-    with pytest.raises(SystemExit):   # the smoke autoencoder has 4 latent channels
+    few = replace(reproduce.PROFILES["smoke_autoencoder"], latent_channels=4)   # too few for the motion code
+    monkeypatch.setitem(reproduce.PROFILES, "smoke_autoencoder", few)
+    with pytest.raises(SystemExit):
         reproduce.main(["--profile", "smoke_autoencoder", "--motion-code", "1", "--out", str(tmp_path / "x")])
     assert "has 4 latent channels; expected >= 6" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
