@@ -1,7 +1,8 @@
 """How loudly does a toy latent space say what the prompt says? For random one-object scenes, the RMS change
 of the latents (normalised: std 1 per channel) and of the pixels ([0, 1]) when one attribute of the scene
-changes: shape, colour, position, size, background, motion, and their ratio (the autoencoder's gain). A DiT trained with an MSE loss in latent space learns the
-loud attributes first; an attribute whose latent change is a fraction of a few-pixel shift is learned last.
+changes: shape, colour, position, size, background, motion, and their ratio (the autoencoder's gain). A DiT
+trained with an MSE loss in latent space learns the loud attributes first; an attribute whose latent change is
+a fraction of a few-pixel shift is learned last.
 
     python benchmarks/toy_latent_signal.py [--autoencoder FILE] [--scenes 32]
 

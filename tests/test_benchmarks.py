@@ -80,7 +80,7 @@ def test_toy_latent_signal_prints_one_row_per_change():
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split(" | ")[0].lstrip("| "): [float(v) for v in line.strip(" |").split(" | ")[1:]]
             for line in proc.stdout.splitlines() if line.startswith("| ") and "RMS" not in line}
-    assert len(rows) == 7 and "shape: circle -> square" in rows
+    assert len(rows) == 10 and "shape: circle -> square" in rows and "motion: static -> pulse" in rows
     assert rows["position: 4 px right"][3] == 1.0
     assert all(pixel > 0 and latent > 0 and gain > 0 for pixel, latent, gain, _ in rows.values())
 

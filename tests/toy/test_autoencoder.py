@@ -10,8 +10,8 @@ from sf_core.generate.bundle import decoder_class, load_bundle
 from sf_core.generate.files import from_manifest
 from sf_core.media.timing import decoder_frame_counts
 from sf_core.toy.autoencoder import (AutoencoderConfig, ToyAutoencoder, ToyAutoencoderDecoder, ToyAutoencoderEncoder,
-                                     finetune_decoder, load_autoencoder, outline_mask, reconstruction_loss,
-                                     code_target, save_autoencoder, train_autoencoder, training_clips,
+                                     code_target, finetune_decoder, load_autoencoder, outline_mask,
+                                     reconstruction_loss, save_autoencoder, train_autoencoder, training_clips,
                                      with_new_decoder)
 from sf_core.toy.render import MOTION_SCALE, render, render_with_codes
 from sf_core.toy.world import ObjectSpec, ObjectState, Scene, SceneSpec
