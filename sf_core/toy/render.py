@@ -150,24 +150,27 @@ def composite(cover: torch.Tensor, colour: torch.Tensor, background: torch.Tenso
     return img
 
 
-def _frame_coverage(batch: SceneBatch, num_frames: int, start_frame: int, height: int, width: int) -> torch.Tensor:
-    """Coverage of every object in frames ``start_frame ..`` -> [B, K, F, H, W]."""
-    t = torch.arange(start_frame, start_frame + num_frames, dtype=torch.float64)
-    cx, cy, r = trajectories(batch, t)
-    return coverage(cx, cy, r, batch.shape, height, width)
+def _frame_times(num_frames: int, start_frame: int) -> torch.Tensor:
+    """Frame times ``start_frame .. start_frame + num_frames - 1`` -> [F] float64."""
+    return torch.arange(start_frame, start_frame + num_frames, dtype=torch.float64)
+
+
+def _frame_coverage(batch: SceneBatch, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Coverage of every object at frame times ``t`` [F] -> [B, K, F, H, W]."""
+    return coverage(*trajectories(batch, t), batch.shape, height, width)
 
 
 def render_batch(batch: SceneBatch, num_frames: int, start_frame: int = 0, height: int = 32,
                  width: int = 32) -> torch.Tensor:
     """Frames ``start_frame .. start_frame + num_frames - 1`` of every scene -> [B, F, 3, H, W] in [0, 1]."""
-    cover = _frame_coverage(batch, num_frames, start_frame, height, width)
+    cover = _frame_coverage(batch, _frame_times(num_frames, start_frame), height, width)
     return composite(cover, batch.colour, background_image(batch.background, height, width))
 
 
 def object_coverage(scenes: list[Scene], num_frames: int, start_frame: int = 0, height: int = 32, width: int = 32,
                     device: torch.device | str = "cpu") -> torch.Tensor:
     """Where any object is: the largest coverage over the objects of every pixel -> [B, F, H, W] in [0, 1]."""
-    return _frame_coverage(SceneBatch(scenes).to(device), num_frames, start_frame, height, width).amax(1)
+    return _frame_coverage(SceneBatch(scenes).to(device), _frame_times(num_frames, start_frame), height, width).amax(1)
 
 
 def visible_coverage(cover: torch.Tensor) -> torch.Tensor:
@@ -180,11 +183,11 @@ def visible_coverage(cover: torch.Tensor) -> torch.Tensor:
     return visible
 
 
-def visible_shape_coverage(cover: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-    """How much of every pixel shows each shape kind: cover [B, K, F, H, W], shape [B, K]
-    -> [B, F, len(SHAPES), H, W] in [0, 1], summing to <= 1 per pixel (:func:`visible_coverage`)."""
-    kinds = F.one_hot(shape.clamp(min=0), len(SHAPES)).to(cover.dtype) * (shape >= 0).unsqueeze(-1)  # [B, K, S]
-    return torch.einsum("bkfhw,bks->bfshw", visible_coverage(cover), kinds)
+def visible_shape_coverage(visible: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """How much of every pixel shows each shape kind: visible [B, K, F, H, W] (:func:`visible_coverage`),
+    shape [B, K] -> [B, F, len(SHAPES), H, W] in [0, 1], summing to <= 1 per pixel."""
+    kinds = F.one_hot(shape.clamp(min=0), len(SHAPES)).to(visible.dtype) * (shape >= 0).unsqueeze(-1)  # [B, K, S]
+    return torch.einsum("bkfhw,bks->bfshw", visible, kinds)
 
 
 def velocities(batch: SceneBatch, t: torch.Tensor) -> torch.Tensor:
@@ -204,12 +207,12 @@ def velocities(batch: SceneBatch, t: torch.Tensor) -> torch.Tensor:
     return torch.stack([vx, vy, vr], -1).float()
 
 
-def visible_motion(cover: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
-    """How every pixel moves where objects show: cover [B, K, F, H, W], velocity [B, K, F, 3]
-    (:func:`velocities`) -> [B, F, 3, H, W] in [-1, 1]: visible coverage × velocity / :data:`MOTION_SCALE`
-    (clamped to ±1) of x, y and size, summed over the objects."""
+def visible_motion(visible: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+    """How every pixel moves where objects show: visible [B, K, F, H, W] (:func:`visible_coverage`), velocity
+    [B, K, F, 3] (:func:`velocities`) -> [B, F, 3, H, W] in [-1, 1]: visible coverage × velocity /
+    :data:`MOTION_SCALE` (clamped to ±1) of x, y and size, summed over the objects."""
     v = (velocity / torch.tensor(MOTION_SCALE, device=velocity.device)).clamp(-1, 1)
-    return torch.einsum("bkfhw,bkfc->bfchw", visible_coverage(cover), v)
+    return torch.einsum("bkfhw,bkfc->bfchw", visible, v)
 
 
 def render_with_codes(scenes: list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,
@@ -217,11 +220,11 @@ def render_with_codes(scenes: list[Scene], num_frames: int, start_frame: int = 0
     """:func:`render` of a list, and what every pixel shows (:data:`CODES`): its
     :func:`visible_shape_coverage` and its :func:`visible_motion`, from one coverage pass
     -> [B, F, 3, H, W] and [B, F, 6, H, W]."""
-    batch = SceneBatch(scenes)
-    t = torch.arange(start_frame, start_frame + num_frames, dtype=torch.float64)
-    cover = coverage(*trajectories(batch, t), batch.shape, height, width)
+    batch, t = SceneBatch(scenes), _frame_times(num_frames, start_frame)
+    cover = _frame_coverage(batch, t, height, width)
     video = composite(cover, batch.colour, background_image(batch.background, height, width))
-    codes = torch.cat([visible_shape_coverage(cover, batch.shape), visible_motion(cover, velocities(batch, t))], 2)
+    visible = visible_coverage(cover)
+    codes = torch.cat([visible_shape_coverage(visible, batch.shape), visible_motion(visible, velocities(batch, t))], 2)
     return video, codes
 
 

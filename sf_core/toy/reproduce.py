@@ -252,6 +252,14 @@ def optimise(loss: torch.Tensor, opt: torch.optim.Optimizer, module: torch.nn.Mo
 
 
 # -- stage 0: the latent space -----------------------------------------------------------------------------------
+def autoencoder_config(p: Profile) -> AutoencoderConfig:
+    """The autoencoder a profile trains (raises ValueError for an inconsistent one, e.g. a motion code without
+    room for it)."""
+    return AutoencoderConfig(p.latent_channels, p.autoencoder_width, p.autoencoder_noise, p.decoder_width,
+                             p.decoder_depth, p.autoencoder_outline_weight, p.autoencoder_shape_code,
+                             p.autoencoder_motion_code)
+
+
 def autoencoder_stage(run: Run, source: Path | None):
     """Train the toy autoencoder (or load the file `source`) -> <out>/checkpoints/autoencoder.safetensors."""
     p, name = run.p, "autoencoder.safetensors"
@@ -259,11 +267,8 @@ def autoencoder_stage(run: Run, source: Path | None):
         model = load_autoencoder(source, run.device)
         run.log(f"autoencoder loaded from {source}")
     else:
-        config = AutoencoderConfig(p.latent_channels, p.autoencoder_width, p.autoencoder_noise, p.decoder_width,
-                                   p.decoder_depth, p.autoencoder_outline_weight, p.autoencoder_shape_code,
-                                   p.autoencoder_motion_code)
         model = train_autoencoder(p.autoencoder_steps, p.autoencoder_batch, p.height, p.width, TRAIN_SEED + p.seed,
-                                  config, log=run.log, device=run.device, crop=p.autoencoder_crop)
+                                  autoencoder_config(p), log=run.log, device=run.device, crop=p.autoencoder_crop)
         if p.decoder_steps:   # on the stored (float16) encoder, as `python -m sf_core.toy.autoencoder` does
             save_autoencoder(model, run.out / "checkpoints" / name)
             model = finetune_decoder(load_autoencoder(run.out / "checkpoints" / name, run.device), p.decoder_steps,
@@ -696,9 +701,11 @@ def main(argv: list[str] | None = None) -> int:
                  f"{profile.object_weight:g} / {profile.autoencoder_outline_weight:g} / "
                  f"{profile.autoencoder_shape_code:g} / {profile.autoencoder_motion_code:g} / {profile.data_pool}; "
                  "all must be >= 0")
-    if profile.autoencoder_motion_code and profile.latent == "autoencoder" and profile.latent_channels < 6:
-        ap.error(f"--motion-code: ties latent channels 3..5 to motion, but profile {profile.name!r} has "
-                 f"{profile.latent_channels} latent channels; expected >= 6")
+    if profile.latent == "autoencoder":
+        try:
+            autoencoder_config(profile)
+        except ValueError as e:
+            ap.error(f"profile {profile.name!r} with these overrides: {e}")
     compiler = os.environ.get("CXX", "g++")   # what torch.compile's CPU backend calls
     if profile.compile_teacher and args.init_from is None and args.device == "cpu" and not shutil.which(compiler):
         ap.error(f"--compile-teacher (on in profile {profile.name!r}): torch.compile on CPU needs a C++ compiler, "

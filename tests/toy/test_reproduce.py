@@ -162,7 +162,7 @@ def test_negative_loss_weights_are_refused_before_any_training(tmp_path, capsys,
     monkeypatch.setitem(reproduce.PROFILES, "smoke_autoencoder", few)
     with pytest.raises(SystemExit):
         reproduce.main(["--profile", "smoke_autoencoder", "--motion-code", "1", "--out", str(tmp_path / "x")])
-    assert "has 4 latent channels; expected >= 6" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "needs latent_channels >= 6; got 4" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_a_compiled_teacher_without_a_cpp_compiler_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
