@@ -14,8 +14,9 @@ The decoder's only memory is the previous latent frame (zeros before the first),
 equals one-shot decoding exactly. It is trained on the toy renderer's frames (L1 + MSE + L1 of the image
 gradients; optionally weighted up near object outlines, `outline_weight`, so that the latents spend more of
 their variance on the objects than on the backgrounds; optionally, `shape_code`, with raw channels 0..2 tied to
-each latent cell's circle / square / triangle coverage, and `motion_code`, with channels 3..5 tied to its motion
-in x, y and size, so that shape and motion are as plain in the latents as colour) with
+each latent cell's circle / square / triangle coverage, `motion_code`, with channels 3..5 tied to its motion
+in x, y and size, and `object_code`, with channels 6..8 tied to its coverage by the prompt's objects 1, 2 and 3,
+so that shape, motion and which object a cell shows are as plain in the latents as colour) with
 Gaussian noise on the raw latents, which makes it forgiving of the DiT's small latent errors,
 optionally on 32 × 32 crops (a quarter of the cost a step; GroupNorm then sees crop statistics, so a short
 :func:`finetune_decoder` on whole frames follows, which restores colour accuracy). :func:`finetune_decoder`
@@ -44,6 +45,7 @@ from .world import sample_scenes
 
 SPATIAL_STRIDE, TEMPORAL_STRIDE = 8, 4
 FORMAT = "sf_toy_autoencoder"
+CODE_CHANNELS = {"shape_code": 0, "motion_code": 3, "object_code": 6}   # first raw latent channel of each code
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,18 @@ class AutoencoderConfig:
     outline_weight: float = 0.0       # training loss weighted 1 + this within 1 px of the objects' outlines
     shape_code: float = 0.0           # > 0: weight of a loss tying raw latent channels 0..2 to shape coverage
     motion_code: float = 0.0          # > 0: weight of a loss tying raw latent channels 3..5 to motion
+    object_code: float = 0.0          # > 0: weight of a loss tying raw latent channels 6..8 to objects 1..3
 
     def __post_init__(self):
-        if self.motion_code and self.latent_channels < len(CODES):
-            raise ValueError(f"toy autoencoder: motion_code > 0 ties latent channels 3..5 to motion, so needs "
-                             f"latent_channels >= {len(CODES)}; got {self.latent_channels}")
+        for name, first in CODE_CHANNELS.items():
+            if getattr(self, name) and self.latent_channels < first + 3:
+                raise ValueError(f"toy autoencoder: {name} > 0 ties latent channels {first}..{first + 2} to "
+                                 f"{CODES[first:first + 3]}, so needs latent_channels >= {first + 3}; got "
+                                 f"{self.latent_channels}")
+
+    def code_weights(self) -> dict[str, float]:
+        """The codes this autoencoder's loss ties to latent channels (:data:`CODE_CHANNELS`), with their weights."""
+        return {name: getattr(self, name) for name in CODE_CHANNELS if getattr(self, name)}
 
 
 def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
@@ -231,7 +240,8 @@ def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> To
 def training_clips(batch: int, seed: int, step: int, height: int, width: int,
                    frames: int = 1 + 2 * TEMPORAL_STRIDE, crop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips of the seeded scene stream at a step-dependent start frame -> [B, frames, 3, H, W] in [-1, 1], and
-    what each pixel shows (shape and motion, :func:`~sf_core.toy.render.render_with_codes`, [B, frames, 6, H, W]);
+    what each pixel shows (shape, motion and object, :func:`~sf_core.toy.render.render_with_codes`,
+    [B, frames, 9, H, W]);
     with `crop`, one step-dependent crop × crop window of both on the latent grid ([..., crop, crop]: the nets
     are convolutional, and a 32-pixel crop of 64-pixel frames costs a quarter of a full frame)."""
     scenes = sample_scenes(batch, seed, step * batch)
@@ -261,10 +271,11 @@ def outline_mask(frames: torch.Tensor) -> torch.Tensor:
 
 
 def code_target(codes: torch.Tensor) -> torch.Tensor:
-    """What raw latent channels 0..5 say under `shape_code` and `motion_code`: the mean over each latent cell
-    (its 8 × 8 pixels and its group of frames, frame 0 alone) of the visible coverage of circle / square /
-    triangle and of the visible motion in x, y and size (:data:`~sf_core.toy.render.CODES`), × 0.9 (inside
-    tanh's range): [B, 1 + 4k, 6, H, W] -> [B, 1 + k, 6, H/8, W/8], shape in [0, 0.9], motion in [-0.9, 0.9]."""
+    """What raw latent channels 0..8 say under `shape_code`, `motion_code` and `object_code`: the mean over
+    each latent cell (its 8 × 8 pixels and its group of frames, frame 0 alone) of the visible coverage of circle
+    / square / triangle, of the visible motion in x, y and size and of the visible coverage of objects 1..3
+    (:data:`~sf_core.toy.render.CODES`), × 0.9 (inside tanh's range): [B, 1 + 4k, 9, H, W] -> [B, 1 + k, 9,
+    H/8, W/8], shape and object in [0, 0.9], motion in [-0.9, 0.9]."""
     b, _, s, h, w = codes.shape
     groups = torch.cat([codes[:, :1].expand(-1, TEMPORAL_STRIDE - 1, -1, -1, -1), codes], 1)
     groups = groups.reshape(b, -1, TEMPORAL_STRIDE, s, h, w).mean(2)                 # [B, 1 + k, 6, H, W]
@@ -277,19 +288,19 @@ def reconstruction_loss(model: ToyAutoencoder, clips: torch.Tensor, noise: float
     """L1 + MSE + L1 of the image gradients, of clips [B, 1 + 4k, 3, H, W] through encode -> (noisy raw
     latents) -> decode, on all 4 (1 + k) frames (frame 0's group of four copies included); L1 and MSE
     weighted 1 + `outline_weight` near outlines (:func:`outline_mask`; weights normalised to mean 1); plus
-    `shape_code` × the MSE of raw channels 0..2 and `motion_code` × that of channels 3..5 against
-    :func:`code_target` of `codes` (the clips' shape coverage and motion, :func:`training_clips`), so that the
-    latents name each cell's shape and motion as plainly as its colour."""
+    `shape_code` × the MSE of raw channels 0..2, `motion_code` × that of channels 3..5 and `object_code` × that
+    of channels 6..8 against :func:`code_target` of `codes` (:func:`training_clips`), so that the latents name
+    each cell's shape, motion and object as plainly as its colour."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
         raw = model.encode_raw(clips)                                        # [B, 1 + k, C, h, w]
-    code, config = 0.0, model.config
-    if (config.shape_code or config.motion_code) and not frozen_encoder:
+    code, weights = 0.0, model.config.code_weights()
+    if weights and not frozen_encoder:
         if codes is None:
-            raise ValueError("toy autoencoder: shape_code / motion_code > 0 needs the clips' shape and motion "
-                             "codes (training_clips)")
+            raise ValueError(f"toy autoencoder: {' / '.join(weights)} > 0 needs the clips' codes (training_clips)")
         target = code_target(codes)
-        code = (config.shape_code * F.mse_loss(raw[:, :, :3], target[:, :, :3])
-                + config.motion_code * F.mse_loss(raw[:, :, 3:6], target[:, :, 3:6]))
+        for name, w in weights.items():
+            c = CODE_CHANNELS[name]
+            code = code + w * F.mse_loss(raw[:, :, c:c + 3], target[:, :, c:c + 3])
     if noise > 0:
         raw = raw + noise * torch.randn(raw.shape, generator=gen, device=raw.device)
     out = model.decode_sequence(raw)

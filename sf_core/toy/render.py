@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .world import BACKGROUND_COLOURS, MOTIONS, OBJECT_COLOURS, SHAPES, Scene
+from .world import BACKGROUND_COLOURS, MAX_OBJECTS, MOTIONS, OBJECT_COLOURS, SHAPES, Scene
 
 LATENT_FACTOR = 2
 LATENT_CHANNELS = 3 * LATENT_FACTOR ** 2
@@ -27,7 +27,8 @@ LATENT_CHANNELS = 3 * LATENT_FACTOR ** 2
 SQUARE_HALF_SIDE = math.sqrt(math.pi) / 2                  # half side, in sizes (area pi * size^2)
 TRIANGLE_INRADIUS = math.sqrt(math.pi / (3 * math.sqrt(3)))  # inradius of the equilateral triangle, in sizes
 
-CODES = (*SHAPES, "velocity x", "velocity y", "growth")   # what render_with_codes says of every pixel
+# What render_with_codes says of every pixel: its shape, its motion, and which of the prompt's objects it shows
+CODES = (*SHAPES, "velocity x", "velocity y", "growth", *(f"object {k + 1}" for k in range(MAX_OBJECTS)))
 MOTION_SCALE = (0.05, 0.05, 0.025)   # velocity of x, y, size that codes ±1: translations are 0.02–0.045 a frame
                                      # (0.4–0.9), orbits 0.02–0.08 (clamped), pulses' growth up to 0.026
 
@@ -218,13 +219,16 @@ def visible_motion(visible: torch.Tensor, velocity: torch.Tensor) -> torch.Tenso
 def render_with_codes(scenes: list[Scene], num_frames: int, start_frame: int = 0, height: int = 32,
                       width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`render` of a list, and what every pixel shows (:data:`CODES`): its
-    :func:`visible_shape_coverage` and its :func:`visible_motion`, from one coverage pass
-    -> [B, F, 3, H, W] and [B, F, 6, H, W]."""
+    :func:`visible_shape_coverage`, its :func:`visible_motion` and the visible coverage of the prompt's
+    objects 1..3 in prompt order (0 for absent ones), from one coverage pass
+    -> [B, F, 3, H, W] and [B, F, 9, H, W]."""
     batch, t = SceneBatch(scenes), _frame_times(num_frames, start_frame)
     cover = _frame_coverage(batch, t, height, width)
     video = composite(cover, batch.colour, background_image(batch.background, height, width))
-    visible = visible_coverage(cover)
-    codes = torch.cat([visible_shape_coverage(visible, batch.shape), visible_motion(visible, velocities(batch, t))], 2)
+    visible = visible_coverage(cover)                                            # [B, K, F, H, W]
+    objects = F.pad(visible, (0, 0, 0, 0, 0, 0, 0, MAX_OBJECTS - visible.shape[1])).transpose(1, 2)
+    codes = torch.cat([visible_shape_coverage(visible, batch.shape), visible_motion(visible, velocities(batch, t)),
+                       objects], 2)
     return video, codes
 
 

@@ -84,6 +84,7 @@ class Profile:
     autoencoder_outline_weight: float = 0.0   # loss weight 1 + this near object outlines (AutoencoderConfig)
     autoencoder_shape_code: float = 0.0       # weight tying latent channels 0..2 to shape coverage (AutoencoderConfig)
     autoencoder_motion_code: float = 0.0      # weight tying latent channels 3..5 to motion (AutoencoderConfig)
+    autoencoder_object_code: float = 0.0      # weight tying latent channels 6..8 to objects 1..3 (AutoencoderConfig)
     latent_channels: int = 16
     decoder_width: int = 96           # the autoencoder's decoder (trained with its encoder)
     decoder_depth: int = 2
@@ -143,9 +144,9 @@ PROFILES = {
                      ode_steps=2, forcing_steps=2, dmd_steps=1, critic_ratio=1, many_steps=2, eval_samples=2,
                      eval_lengths=(1, 2)),
     "smoke_autoencoder": Profile("smoke_autoencoder", height=32, width=32, frames=6, latent="autoencoder",
-                                 autoencoder_steps=2, autoencoder_crop=16, autoencoder_width=16, latent_channels=6,
+                                 autoencoder_steps=2, autoencoder_crop=16, autoencoder_width=16, latent_channels=9,
                                  autoencoder_outline_weight=8.0, autoencoder_shape_code=5.0,
-                                 autoencoder_motion_code=5.0, decoder_steps=2, decoder_width=16, data_pool=8,
+                                 autoencoder_motion_code=5.0, autoencoder_object_code=5.0, decoder_steps=2, decoder_width=16, data_pool=8,
                                  object_weight=4.0, dim=32, ffn_dim=64, num_layers=1, batch=2, teacher_steps=2,
                                  ode_pairs=2, ode_steps=2, forcing_steps=2, dmd_steps=1, critic_ratio=1, many_steps=2,
                                  eval_samples=2, eval_lengths=(1, 2)),
@@ -257,7 +258,7 @@ def autoencoder_config(p: Profile) -> AutoencoderConfig:
     room for it)."""
     return AutoencoderConfig(p.latent_channels, p.autoencoder_width, p.autoencoder_noise, p.decoder_width,
                              p.decoder_depth, p.autoencoder_outline_weight, p.autoencoder_shape_code,
-                             p.autoencoder_motion_code)
+                             p.autoencoder_motion_code, p.autoencoder_object_code)
 
 
 def autoencoder_stage(run: Run, source: Path | None):
@@ -662,6 +663,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--motion-code", type=float, default=None,
                     help="override the profile's autoencoder weight tying latent channels 3..5 to each cell's "
                          "motion in x, y and size (0 = none; needs >= 6 latent channels)")
+    ap.add_argument("--object-code", type=float, default=None,
+                    help="override the profile's autoencoder weight tying latent channels 6..8 to each cell's "
+                         "coverage by the prompt's objects 1, 2, 3 (0 = none; needs >= 9 latent channels)")
+    ap.add_argument("--latent-channels", type=int, default=None,
+                    help="override the profile's autoencoder latent channels (the DiT's in / out channels follow)")
     ap.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=None,
                     help="train the teacher through torch.compile (profile default; needs a C++ compiler on CPU; "
                          "~1.1x on 2 threads)")
@@ -692,15 +698,19 @@ def main(argv: list[str] | None = None) -> int:
                                    ("autoencoder_outline_weight", args.outline_weight),
                                    ("autoencoder_shape_code", args.shape_code),
                                    ("autoencoder_motion_code", args.motion_code),
+                                   ("autoencoder_object_code", args.object_code),
+                                   ("latent_channels", args.latent_channels),
                                    ("rollout_frames", args.rollout_frames))
                  if v is not None}
     profile = replace(profile, **overrides)
-    if min(profile.object_weight, profile.autoencoder_outline_weight, profile.autoencoder_shape_code,
-           profile.autoencoder_motion_code, profile.data_pool) < 0:
-        ap.error(f"--object-weight / --outline-weight / --shape-code / --motion-code / --data-pool: got "
-                 f"{profile.object_weight:g} / {profile.autoencoder_outline_weight:g} / "
-                 f"{profile.autoencoder_shape_code:g} / {profile.autoencoder_motion_code:g} / {profile.data_pool}; "
-                 "all must be >= 0")
+    weights = {"--object-weight": profile.object_weight, "--outline-weight": profile.autoencoder_outline_weight,
+               "--shape-code": profile.autoencoder_shape_code, "--motion-code": profile.autoencoder_motion_code,
+               "--object-code": profile.autoencoder_object_code, "--data-pool": profile.data_pool}
+    negative = {k: v for k, v in weights.items() if v < 0}
+    if negative:
+        ap.error(", ".join(f"{k} {v:g}" for k, v in negative.items()) + ": must be >= 0")
+    if profile.latent_channels < 1:
+        ap.error(f"--latent-channels {profile.latent_channels}: must be >= 1")
     if profile.latent == "autoencoder":
         try:
             autoencoder_config(profile)

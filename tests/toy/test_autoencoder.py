@@ -92,7 +92,7 @@ def test_training_crops_are_windows_of_the_frames_on_the_latent_grid():
     def window(step):   # (y, x) of the step's crop in its full frames
         full, full_codes = training_clips(2, 5, step, 64, 64)
         crop, codes = training_clips(2, 5, step, 64, 64, crop=32)
-        assert crop.shape == (2, 9, 3, 32, 32) and codes.shape == (2, 9, 6, 32, 32)
+        assert crop.shape == (2, 9, 3, 32, 32) and codes.shape == (2, 9, 9, 32, 32)
         hits = [(y, x) for y in range(0, 33, 8) for x in range(0, 33, 8)
                 if torch.equal(crop, full[..., y:y + 32, x:x + 32])]
         assert len(hits) >= 1, step
@@ -202,36 +202,41 @@ def test_the_outline_weight_moves_the_loss_only_where_there_are_outlines():
         assert abs(reconstruction_loss(weighted, clips, 0.0, None) - reconstruction_loss(plain, clips, 0.0, None)) > 1e-3
 
 
-def test_the_code_target_names_each_cells_shape_and_motion():
+def test_the_code_target_names_each_cells_shape_motion_and_object():
     square = Scene(SceneSpec((ObjectSpec("square", "red", "down"),), ("gray", "gray")),
                    (ObjectState(x=0.3, y=0.3, size=0.14, speed=0.04),))   # a 16-px square over pixels 11..27
     _, codes = render_with_codes([square], 9, height=64, width=64)
-    target = code_target(codes)                                            # [1, 3, 6, 8, 8]
-    assert target.shape == (1, 3, 6, 8, 8)
+    target = code_target(codes)                                            # [1, 3, 9, 8, 8]
+    assert target.shape == (1, 3, 9, 8, 8)
     assert target[:, :, 0].max() == 0 and target[:, :, 2].max() == 0       # no circle, no triangle
     assert torch.isclose(target[0, 0, 1].sum() * 64, 0.9 * codes[0, 0, 1].sum())   # the square's area, × 0.9
     assert target.max() <= 0.9 + 1e-6 and torch.allclose(target[0, 0, 1, 2, 2], torch.tensor(0.9))  # cell 16..24
     assert target[:, :, 3].abs().max() == 0 and target[:, :, 5].abs().max() == 0   # it moves in y only
     torch.testing.assert_close(target[:, :, 4], 0.04 / MOTION_SCALE[1] * target[:, :, 1])   # down, where it is
+    torch.testing.assert_close(target[:, :, 6], target[:, :, 1])           # object 1 is the square
+    assert target[:, :, 7:].abs().max() == 0                               # and there is no object 2 or 3
 
 
-@pytest.mark.parametrize("code, channels", [("shape_code", slice(0, 3)), ("motion_code", slice(3, 6))])
+@pytest.mark.parametrize("code, channels", [("shape_code", slice(0, 3)), ("motion_code", slice(3, 6)),
+                                           ("object_code", slice(6, 9))])
 def test_training_with_a_code_writes_it_into_its_channels(code, channels):
     clips, codes = training_clips(4, 999, 0, 32, 32)
     target = code_target(codes)[:, :, channels]
     errors = {}
     for weight in (0.0, 5.0):
         torch.manual_seed(0)
-        config = replace(SMALL, latent_channels=6, **{code: weight})
+        config = replace(SMALL, latent_channels=9, **{code: weight})
         model = train_autoencoder(30, batch=4, height=32, width=32, config=config, log=lambda _: None)
         with torch.no_grad():
             errors[weight] = torch.nn.functional.mse_loss(model.encode_raw(clips)[:, :, channels], target).item()
     assert errors[5.0] < 0.5 * errors[0.0], errors
-    with pytest.raises(ValueError, match="shape_code / motion_code > 0 needs the clips' shape and motion codes"):
+    with pytest.raises(ValueError, match=f"{code} > 0 needs the clips' codes"):
         reconstruction_loss(model, clips, 0.0, None)
 
 
-def test_a_motion_code_needs_six_latent_channels():
-    with pytest.raises(ValueError, match="motion_code > 0 ties latent channels 3..5 to motion, so needs "
-                                         "latent_channels >= 6; got 4"):
-        replace(SMALL, motion_code=1.0)
+@pytest.mark.parametrize("code, needs", [("shape_code", 3), ("motion_code", 6), ("object_code", 9)])
+def test_a_code_needs_room_for_its_channels(code, needs):
+    with pytest.raises(ValueError, match=f"{code} > 0 ties latent channels {needs - 3}..{needs - 1} to .*, so "
+                                         f"needs latent_channels >= {needs}; got {needs - 1}"):
+        replace(SMALL, latent_channels=needs - 1, **{code: 1.0})
+    assert getattr(replace(SMALL, latent_channels=needs, **{code: 1.0}), code) == 1.0

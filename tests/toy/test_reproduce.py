@@ -153,16 +153,19 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
 
 
 def test_negative_loss_weights_are_refused_before_any_training(tmp_path, capsys, monkeypatch):
-    for flag in ("--object-weight", "--outline-weight", "--shape-code", "--motion-code"):
+    for flag in ("--object-weight", "--outline-weight", "--shape-code", "--motion-code", "--object-code"):
         with pytest.raises(SystemExit):
             reproduce.main(["--profile", "smoke", flag, "-2", "--out", str(tmp_path / "x")])
-        assert "all must be >= 0" in capsys.readouterr().err
+        assert f"{flag} -2: must be >= 0" in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
     few = replace(reproduce.PROFILES["smoke_autoencoder"], latent_channels=4)   # too few for the motion code
     monkeypatch.setitem(reproduce.PROFILES, "smoke_autoencoder", few)
     with pytest.raises(SystemExit):
         reproduce.main(["--profile", "smoke_autoencoder", "--motion-code", "1", "--out", str(tmp_path / "x")])
     assert "needs latent_channels >= 6; got 4" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):   # the object code needs channels 6..8
+        reproduce.main(["--profile", "smoke_autoencoder", "--latent-channels", "8", "--out", str(tmp_path / "x")])
+    assert "object_code > 0 ties latent channels 6..8" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_a_compiled_teacher_without_a_cpp_compiler_is_refused_before_any_training(tmp_path, capsys, monkeypatch):

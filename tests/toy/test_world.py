@@ -157,7 +157,7 @@ def test_visible_shape_coverage_is_what_the_composite_shows_of_each_shape():
                       ObjectSpec("triangle", "white", "static")), ("navy", "navy"))
     scene = Scene(spec, (ObjectState(x=0.4, y=0.5, size=0.14), ObjectState(x=0.45, y=0.5, size=0.12, speed=0.02),
                          ObjectState(x=0.8, y=0.2, size=0.1)))    # the circle half in front of the square
-    video, codes = render_with_codes([scene], 6, height=32, width=32)      # [1, 6, 3 | 6, 32, 32]
+    video, codes = render_with_codes([scene], 6, height=32, width=32)      # [1, 6, 3 | 9, 32, 32]
     assert codes.shape == (1, 6, len(CODES), 32, 32)
     assert torch.equal(video, render([scene], 6, height=32, width=32))
     shapes = codes[:, :, :3]
@@ -196,3 +196,19 @@ def test_the_motion_codes_say_how_the_visible_pixels_move():
     assert vy.abs().max() == 0 and growth.abs().max() == 0
     torch.testing.assert_close(vx, -0.03 / MOTION_SCALE[0] * square)     # where the square shows, at its speed
     assert (vx[codes[0, :, 0] > 0.999] == 0).all()                       # the static circle in front hides it
+
+
+def test_the_object_codes_say_which_prompt_object_each_pixel_shows():
+    spec = SceneSpec((ObjectSpec("circle", "red", "static"), ObjectSpec("circle", "green", "right")), ("gray", "gray"))
+    scene = Scene(spec, (ObjectState(x=0.4, y=0.5, size=0.14), ObjectState(x=0.5, y=0.5, size=0.12, speed=0.03)))
+    video, codes = render_with_codes([scene], 4, height=32, width=32)
+    first, second, third = codes[0, :, 6], codes[0, :, 7], codes[0, :, 8]
+    assert third.abs().max() == 0                                           # a two-object prompt has no object 3
+    # the same shape, so the shape code cannot tell them apart; the object code does, in prompt order
+    torch.testing.assert_close(first + second, codes[0, :, 0])
+    covered = coverage(*trajectories(SceneBatch([scene]), torch.arange(4)), SceneBatch([scene]).shape, 32, 32)[0]
+    torch.testing.assert_close(second, covered[1])                          # the second is composited in front
+    torch.testing.assert_close(first, covered[0] * (1 - covered[1]))       # and hides part of the first
+    red = torch.tensor(OBJECT_COLOURS["red"]).view(3, 1, 1)
+    assert ((video[0] - red).abs().amax(1) < 1e-6)[first > 0.999].all()     # where object 1 shows, red shows
+    assert first.sum() < covered[0].sum() - 20 and second.min() >= 0 and (first + second).max() <= 1 + 1e-6
