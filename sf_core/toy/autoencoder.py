@@ -278,7 +278,7 @@ def code_target(codes: torch.Tensor) -> torch.Tensor:
     H/8, W/8], shape and object in [0, 0.9], motion in [-0.9, 0.9]."""
     b, _, s, h, w = codes.shape
     groups = torch.cat([codes[:, :1].expand(-1, TEMPORAL_STRIDE - 1, -1, -1, -1), codes], 1)
-    groups = groups.reshape(b, -1, TEMPORAL_STRIDE, s, h, w).mean(2)                 # [B, 1 + k, 6, H, W]
+    groups = groups.reshape(b, -1, TEMPORAL_STRIDE, s, h, w).mean(2)                 # [B, 1 + k, 9, H, W]
     cells = F.avg_pool2d(groups.flatten(0, 1), SPATIAL_STRIDE)
     return 0.9 * cells.reshape(b, -1, s, h // SPATIAL_STRIDE, w // SPATIAL_STRIDE)
 

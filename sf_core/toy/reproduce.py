@@ -146,10 +146,10 @@ PROFILES = {
     "smoke_autoencoder": Profile("smoke_autoencoder", height=32, width=32, frames=6, latent="autoencoder",
                                  autoencoder_steps=2, autoencoder_crop=16, autoencoder_width=16, latent_channels=9,
                                  autoencoder_outline_weight=8.0, autoencoder_shape_code=5.0,
-                                 autoencoder_motion_code=5.0, autoencoder_object_code=5.0, decoder_steps=2, decoder_width=16, data_pool=8,
-                                 object_weight=4.0, dim=32, ffn_dim=64, num_layers=1, batch=2, teacher_steps=2,
-                                 ode_pairs=2, ode_steps=2, forcing_steps=2, dmd_steps=1, critic_ratio=1, many_steps=2,
-                                 eval_samples=2, eval_lengths=(1, 2)),
+                                 autoencoder_motion_code=5.0, autoencoder_object_code=5.0, decoder_steps=2,
+                                 decoder_width=16, data_pool=8, object_weight=4.0, dim=32, ffn_dim=64, num_layers=1,
+                                 batch=2, teacher_steps=2, ode_pairs=2, ode_steps=2, forcing_steps=2, dmd_steps=1,
+                                 critic_ratio=1, many_steps=2, eval_samples=2, eval_lengths=(1, 2)),
 }
 
 

@@ -166,6 +166,9 @@ def test_negative_loss_weights_are_refused_before_any_training(tmp_path, capsys,
     with pytest.raises(SystemExit):   # the object code needs channels 6..8
         reproduce.main(["--profile", "smoke_autoencoder", "--latent-channels", "8", "--out", str(tmp_path / "x")])
     assert "object_code > 0 ties latent channels 6..8" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):
+        reproduce.main(["--profile", "smoke_autoencoder", "--latent-channels", "0", "--out", str(tmp_path / "x")])
+    assert "--latent-channels 0: must be >= 1" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_a_compiled_teacher_without_a_cpp_compiler_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
