@@ -127,10 +127,10 @@ def test_smoke_reproduction_in_the_autoencoder_space_exports_a_loadable_bundle(t
     files = from_manifest(default)
     assert files.decoder_kind == "toy_autoencoder" and files.defaults["width"] == 32
     bundle = load_bundle(files, "cpu", torch.float32, torch.float32)
-    assert bundle.model.config.in_dim == bundle.decoder.latent_channels == 6
+    assert bundle.model.config.in_dim == bundle.decoder.latent_channels == 9
     config = bundle.decoder.model.config   # the profile's decoder stage replaced the first decoder
     assert (config.decoder_width, config.decoder_depth, config.outline_weight) == (16, 2, 8.0)
-    assert (config.shape_code, config.motion_code) == (5.0, 5.0)
+    assert (config.shape_code, config.motion_code, config.object_code) == (5.0, 5.0, 5.0)
     assert sorted(p.name for p in default.iterdir()) == ["decoder.safetensors", "manifest.json", "model.safetensors"]
     # scoring the run again (after a decoder refinement) keeps its training record and notes the rescoring
     assert reproduce.main(["--rescore", "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.md")]) == 0
