@@ -45,7 +45,7 @@ from .world import sample_scenes
 
 SPATIAL_STRIDE, TEMPORAL_STRIDE = 8, 4
 FORMAT = "sf_toy_autoencoder"
-CODE_CHANNELS = {"shape_code": 0, "motion_code": 3, "object_code": 6}   # first raw latent channel of each code
+CODE_CHANNELS = {"shape_code": slice(0, 3), "motion_code": slice(3, 6), "object_code": slice(6, 9)}  # raw channels
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,12 @@ class AutoencoderConfig:
     object_code: float = 0.0          # > 0: weight of a loss tying raw latent channels 6..8 to objects 1..3
 
     def __post_init__(self):
-        for name, first in CODE_CHANNELS.items():
-            if getattr(self, name) and self.latent_channels < first + 3:
-                raise ValueError(f"toy autoencoder: {name} > 0 ties latent channels {first}..{first + 2} to "
-                                 f"{CODES[first:first + 3]}, so needs latent_channels >= {first + 3}; got "
+        if self.latent_channels < 1:
+            raise ValueError(f"toy autoencoder: latent_channels {self.latent_channels}; expected >= 1")
+        for name, c in CODE_CHANNELS.items():
+            if getattr(self, name) and self.latent_channels < c.stop:
+                raise ValueError(f"toy autoencoder: {name} > 0 ties latent channels {c.start}..{c.stop - 1} to "
+                                 f"{', '.join(CODES[c])}, so needs latent_channels >= {c.stop}; got "
                                  f"{self.latent_channels}")
 
     def code_weights(self) -> dict[str, float]:
@@ -300,7 +302,7 @@ def reconstruction_loss(model: ToyAutoencoder, clips: torch.Tensor, noise: float
         target = code_target(codes)
         for name, w in weights.items():
             c = CODE_CHANNELS[name]
-            code = code + w * F.mse_loss(raw[:, :, c:c + 3], target[:, :, c:c + 3])
+            code = code + w * F.mse_loss(raw[:, :, c], target[:, :, c])
     if noise > 0:
         raw = raw + noise * torch.randn(raw.shape, generator=gen, device=raw.device)
     out = model.decode_sequence(raw)

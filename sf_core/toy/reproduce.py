@@ -703,14 +703,15 @@ def main(argv: list[str] | None = None) -> int:
                                    ("rollout_frames", args.rollout_frames))
                  if v is not None}
     profile = replace(profile, **overrides)
-    weights = {"--object-weight": profile.object_weight, "--outline-weight": profile.autoencoder_outline_weight,
-               "--shape-code": profile.autoencoder_shape_code, "--motion-code": profile.autoencoder_motion_code,
-               "--object-code": profile.autoencoder_object_code, "--data-pool": profile.data_pool}
-    negative = {k: v for k, v in weights.items() if v < 0}
+    non_negative = {"--object-weight": profile.object_weight, "--outline-weight": profile.autoencoder_outline_weight,
+                    "--shape-code": profile.autoencoder_shape_code, "--motion-code": profile.autoencoder_motion_code,
+                    "--object-code": profile.autoencoder_object_code, "--data-pool": profile.data_pool}
+    negative = {k: v for k, v in non_negative.items() if v < 0}
     if negative:
         ap.error(", ".join(f"{k} {v:g}" for k, v in negative.items()) + ": must be >= 0")
-    if profile.latent_channels < 1:
-        ap.error(f"--latent-channels {profile.latent_channels}: must be >= 1")
+    if args.latent_channels is not None and profile.latent != "autoencoder":
+        ap.error(f"--latent-channels: profile {profile.name!r} trains in pixel space (12 channels); use a profile "
+                 "with learned latents")
     if profile.latent == "autoencoder":
         try:
             autoencoder_config(profile)

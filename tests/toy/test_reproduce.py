@@ -168,7 +168,10 @@ def test_negative_loss_weights_are_refused_before_any_training(tmp_path, capsys,
     assert "object_code > 0 ties latent channels 6..8" in capsys.readouterr().err and not (tmp_path / "x").exists()
     with pytest.raises(SystemExit):
         reproduce.main(["--profile", "smoke_autoencoder", "--latent-channels", "0", "--out", str(tmp_path / "x")])
-    assert "--latent-channels 0: must be >= 1" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "latent_channels 0; expected >= 1" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):   # a pixel-space profile has no latent channels to set
+        reproduce.main(["--profile", "smoke", "--latent-channels", "24", "--out", str(tmp_path / "x")])
+    assert "trains in pixel space" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_a_compiled_teacher_without_a_cpp_compiler_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
