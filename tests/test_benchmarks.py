@@ -96,3 +96,33 @@ def test_toy_train_speed_times_every_variant_against_eager():
     assert set(rows) == {"float32 eager", "bfloat16 autocast", "torch.compile"}
     assert rows["float32 eager"][1].startswith("1.00")
     assert all(float(ms.split()[0]) > 0 and float(stage) > 0 for ms, _, stage in rows.values())
+
+
+def test_toy_by_count_scores_each_object_count_on_unseen_prompts(tmp_path):
+    """benchmarks/toy_by_count.py on the embedded model: a row per object count and length, every estimate a
+    proportion, and prompts that name exactly that many objects and are none of the reproduction's own."""
+    from toy_by_count import prompts_by_count
+
+    from sf_core.toy.reproduce import EVAL_SEED
+    from sf_core.toy.world import parse_prompt, sample_scenes
+
+    groups = prompts_by_count(3, 20_000)
+    assert all(len(ps) == 3 and all(len(parse_prompt(p).objects) == n for p in ps) for n, ps in groups.items())
+    own = {s.prompt for s in sample_scenes(64, EVAL_SEED)}
+    assert set(groups) == {1, 2, 3} and not own & {p for ps in groups.values() for p in ps}
+    out = tmp_path / "by_count.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "toy_by_count.py"), "--per-count", "2",
+                           "--lengths", "1,2", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.strip(" |").split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "objects" not in line]
+    assert [(r[0], r[1]) for r in rows] == [(n, m) for n in "123" for m in ("1×", "2×")]
+    report = json.loads(out.read_text())
+    assert set(report) == {f"{n}/{m}x" for n in (1, 2, 3) for m in (1, 2)}
+    assert all(0 <= est["mean"] <= 1 and est["n"] == 2 for row in report.values() for est in row.values())
+
+
+def test_toy_by_count_names_a_missing_file():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "toy_by_count.py"), "--model", "nope.safetensors"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--model nope.safetensors: no such file" in proc.stderr
